@@ -1,0 +1,127 @@
+"""Records + audio -> model batches: prompt, teacher-forced target, labels, answer position, human p.
+
+Every sequence is left-padded (generation needs it) and carries explicit `position_ids` that start at 0
+on its first real token, so an utterance's logits do not depend on the batch it sits in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ambig.data.records import Record
+from ambig.model import prompt
+from ambig.model.readout import class_token_ids, prefix_token_ids
+
+IGNORE = -100
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask), each (B, max_len), real tokens flush right."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.as_tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counting real tokens only, as `generate` computes them for left-padded rows."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One utterance ready for batching (what a dataset item yields)."""
+
+    record: Record
+    audio: np.ndarray
+
+
+class BatchBuilder:
+    """Turns a list of `Example` into the tensors every strategy uses.
+
+    Keys: ids, p (B, K); prompt_ids / prompt_mask (prompt only, for generation); input_ids / attention_mask /
+    position_ids / labels (prompt + teacher-forced target); answer_index (B,): the position whose logits
+    predict the emotion word; input_features / feature_attention_mask (the audio).
+    """
+
+    def __init__(
+        self, processor, classes: Sequence[str], *, cot: bool, ce_answer_word: bool, sample_rate: int
+    ):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.classes = tuple(classes)
+        self.cot = cot
+        self.ce_answer_word = ce_answer_word
+        self.sample_rate = sample_rate
+        self.class_ids = class_token_ids(self.tokenizer, self.classes)
+        self.prefix_ids = prefix_token_ids(self.tokenizer)
+        self.end_id = self.tokenizer.convert_tokens_to_ids(prompt.END_OF_TURN)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.newline_ids = self.tokenizer("\n", add_special_tokens=False).input_ids
+
+    def encode_prompts(self, transcripts: Sequence[str | None], audios: Sequence[np.ndarray]):
+        """Prompt ids per row (audio placeholder expanded) and the audio features, via the processor."""
+        texts = [prompt.chat_prompt(self.classes, t, self.cot) for t in transcripts]
+        enc = self.processor(
+            text=texts, audio=list(audios), sampling_rate=self.sample_rate, padding=True, return_tensors="pt"
+        )
+        pairs = zip(enc["input_ids"], enc["attention_mask"], strict=True)
+        rows = [ids[mask.bool()].tolist() for ids, mask in pairs]
+        return rows, enc["input_features"], enc["feature_attention_mask"]
+
+    def target_pieces(self, record: Record) -> tuple[list[int], int]:
+        """(ids up to and including the answer prefix, the majority class's answer token)."""
+        if self.cot and not record.cot:
+            raise ValueError(
+                f"utterance {record.id} has no curated CoT but cot=structured; "
+                "curate the corpus first or use cot=none"
+            )
+        before = self.tokenizer(
+            prompt.target_before_answer(record.cot if self.cot else None), add_special_tokens=False
+        ).input_ids
+        if before[-len(self.prefix_ids) :] != self.prefix_ids:
+            raise ValueError(f"utterance {record.id}: the CoT's last line merges with the answer prefix")
+        answer = self.class_ids[self.classes.index(record.majority(self.classes))]
+        return before, answer
+
+    def __call__(self, examples: Sequence[Example]) -> dict:
+        records = [e.record for e in examples]
+        prompt_rows, features, feature_mask = self.encode_prompts(
+            [r.transcript for r in records], [e.audio for e in examples]
+        )
+        full_rows, label_rows, answer_offsets = [], [], []
+        for record, head in zip(records, prompt_rows, strict=True):
+            before, answer = self.target_pieces(record)
+            seq = head + before + [answer, self.end_id]
+            labels = [IGNORE] * len(head) + before + [answer if self.ce_answer_word else IGNORE, self.end_id]
+            full_rows.append(seq)
+            label_rows.append(labels)
+            answer_offsets.append(len(head) + len(before) - 1)
+        input_ids, attention_mask = left_pad(full_rows, self.pad_id)
+        labels, _ = left_pad(label_rows, IGNORE)
+        width = input_ids.shape[1]
+        offsets = zip(full_rows, answer_offsets, strict=True)
+        answer_index = torch.tensor([width - len(r) + off for r, off in offsets])
+        prompt_ids, prompt_mask = left_pad(prompt_rows, self.pad_id)
+        p = torch.tensor([r.soft_label for r in records], dtype=torch.float32)
+        return {
+            "ids": [r.id for r in records],
+            "p": p,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": positions(attention_mask),
+            "labels": labels,
+            "answer_index": answer_index,
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "input_features": features,
+            "feature_attention_mask": feature_mask,
+        }

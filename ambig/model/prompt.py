@@ -1,0 +1,124 @@
+"""The chat prompt, the structured CoT target text, and the CoT parser.
+
+One module owns every string the model reads or writes, so training targets, generation prompts,
+the GRPO format reward and the curators all agree on one format (METHOD.md, "Structured CoT"):
+
+    Keywords: <cues>
+    Step 1: Text Analysis - <meaning, context, ambiguity>
+    Step 2: Audio Analysis - <volume, speed, pitch, tone; majority and minority cues>
+    Step 3: Synthesis - <weighing of the evidence>
+    Answer: <emotion>
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+ANSWER_PREFIX = "Answer:"
+SECTION_HEADERS = (
+    ("keywords", "Keywords:"),
+    ("text_analysis", "Step 1: Text Analysis -"),
+    ("audio_analysis", "Step 2: Audio Analysis -"),
+    ("synthesis", "Step 3: Synthesis -"),
+)
+SYSTEM_PROMPT = "You are a helpful assistant."
+# The audio placeholder of Qwen2-Audio's chat format; the processor expands <|AUDIO|> to one token per
+# audio frame the encoder emits.
+AUDIO_SEGMENT = "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
+END_OF_TURN = "<|im_end|>"
+
+
+def format_cot(keywords: str, text_analysis: str, audio_analysis: str, synthesis: str) -> str:
+    """The CoT body (everything before the answer line), one section per line."""
+    parts = (keywords, text_analysis, audio_analysis, synthesis)
+    for (name, _), value in zip(SECTION_HEADERS, parts, strict=True):
+        if "\n" in value or not value.strip():
+            raise ValueError(f"CoT section {name!r} must be one non-empty line, got {value!r}")
+    pairs = zip(SECTION_HEADERS, parts, strict=True)
+    return "\n".join(f"{header} {value.strip()}" for (_, header), value in pairs)
+
+
+def instruction(classes: Sequence[str], transcript: str | None, cot: bool) -> str:
+    """The user turn's text: transcript, class list and the output format asked for."""
+    said = f'Transcript: "{transcript}"' if transcript else "Transcript: (none given; use the audio alone)"
+    options = ", ".join(classes)
+    if cot:
+        task = (
+            "Reason step by step in this format: Keywords, Step 1: Text Analysis, Step 2: Audio Analysis, "
+            f"Step 3: Synthesis. Then give the emotion as '{ANSWER_PREFIX} <emotion>'."
+        )
+    else:
+        task = f"Give the emotion as '{ANSWER_PREFIX} <emotion>'."
+    return f"{said}\nWhich emotion does the speaker express? Options: {options}.\n{task}"
+
+
+def chat_prompt(classes: Sequence[str], transcript: str | None, cot: bool) -> str:
+    """The full prompt in Qwen2-Audio's chat format, ending where the assistant starts writing."""
+    return (
+        f"<|im_start|>system\n{SYSTEM_PROMPT}{END_OF_TURN}\n"
+        f"<|im_start|>user\n{AUDIO_SEGMENT}{instruction(classes, transcript, cot)}{END_OF_TURN}\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def target_before_answer(cot_body: str | None) -> str:
+    """The assistant text up to and including the answer prefix; the emotion word follows it."""
+    return f"{cot_body.rstrip()}\n{ANSWER_PREFIX}" if cot_body else ANSWER_PREFIX
+
+
+@dataclass(frozen=True)
+class ParsedCoT:
+    """A generated text split into its sections, with the reasons it breaks the format (if any)."""
+
+    sections: dict[str, str]
+    answer: str | None
+    errors: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def well_formed(self) -> bool:
+        return not self.errors
+
+
+def parse_cot(text: str, classes: Sequence[str]) -> ParsedCoT:
+    """Split a generated trajectory and check the format rule.
+
+    The rule: each of the four section headers appears exactly once, in order, each with non-empty
+    content, followed by exactly one answer line whose word is one of ``classes``.
+    """
+    errors: list[str] = []
+    positions = []
+    for name, header in SECTION_HEADERS:
+        hits = [m.start() for m in re.finditer(re.escape(header), text)]
+        if not hits:
+            errors.append(f"missing section {header!r}")
+        elif len(hits) > 1:
+            errors.append(f"section {header!r} appears {len(hits)} times")
+        positions.append((name, header, hits[0] if hits else None))
+    found = [p for p in positions if p[2] is not None]
+    if [p[2] for p in found] != sorted(p[2] for p in found):
+        errors.append("sections out of order")
+    answers = list(re.finditer(rf"^{re.escape(ANSWER_PREFIX)}[ \t]*(\S*)[ \t]*$", text, flags=re.M))
+    answer = None
+    if not answers:
+        errors.append(f"no '{ANSWER_PREFIX} <emotion>' line")
+    elif len(answers) > 1:
+        errors.append(f"{len(answers)} answer lines")
+    else:
+        answer = answers[0].group(1).strip(".,;!").lower() or None
+        if answer not in {c.lower() for c in classes}:
+            errors.append(f"answer {answer!r} is not one of {list(classes)}")
+            answer = None
+    answer_start = answers[0].start() if answers else len(text)
+    if found and answers and max(p[2] for p in found) > answer_start:
+        errors.append("a section follows the answer line")
+    ordered = sorted(found, key=lambda p: p[2])
+    sections: dict[str, str] = {}
+    for i, (name, header, start) in enumerate(ordered):
+        end = ordered[i + 1][2] if i + 1 < len(ordered) else answer_start
+        body = text[start + len(header) : max(end, start + len(header))].strip()
+        sections[name] = body
+        if not body:
+            errors.append(f"section {header!r} is empty")
+    return ParsedCoT(sections=sections, answer=answer, errors=tuple(errors))

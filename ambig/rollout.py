@@ -1,0 +1,106 @@
+"""Generate trajectories for a batch and read the emotion distribution after each one.
+
+The read-out comes from the generation's own logits when the trajectory produced the answer prefix (no extra
+forward); otherwise the prefix is appended and one forward pass reads it (so every rollout gets a q).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ambig.model.inputs import BatchBuilder, left_pad, positions
+from ambig.model.readout import answer_position, readout_log
+
+
+@dataclass
+class Decoded:
+    """Per row: generated token ids (end and padding removed), text, log q (B, K), read from generation?"""
+
+    tokens: list[list[int]]
+    texts: list[str]
+    log_q: torch.Tensor
+    from_generation: torch.Tensor
+
+
+def audio_kwargs(batch: dict) -> dict:
+    return {
+        "input_features": batch["input_features"],
+        "feature_attention_mask": batch["feature_attention_mask"],
+    }
+
+
+def prompt_rows(batch: dict) -> list[list[int]]:
+    return [ids[m.bool()].tolist() for ids, m in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)]
+
+
+@torch.no_grad()
+def read_after(model, batch: dict, builder: BatchBuilder, continuations: list[list[int]]) -> torch.Tensor:
+    """log q after prompt + continuation + answer prefix, one forward for the batch."""
+    pairs = zip(prompt_rows(batch), continuations, strict=True)
+    rows = [head + cont + builder.prefix_ids for head, cont in pairs]
+    ids, mask = left_pad(rows, builder.pad_id)
+    ids, mask = ids.to(batch["prompt_ids"].device), mask.to(batch["prompt_ids"].device)
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions(mask), **audio_kwargs(batch)
+    ).logits
+    return readout_log(logits[:, -1], builder.class_ids)
+
+
+@torch.no_grad()
+def decode(
+    model,
+    batch: dict,
+    builder: BatchBuilder,
+    *,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> Decoded:
+    """One trajectory per row (greedy unless `do_sample`), then its read-out."""
+    out = model.generate(
+        input_ids=batch["prompt_ids"],
+        attention_mask=batch["prompt_mask"],
+        **audio_kwargs(batch),
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None,
+        top_k=None,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=builder.pad_id,
+        eos_token_id=builder.end_id,
+    )
+    generated = out.sequences[:, batch["prompt_ids"].shape[1] :]
+    steps = torch.stack(out.logits, dim=1)  # (B, T, V): step t predicts generated token t
+    tokens, log_q, from_gen = [], [], []
+    missing = []
+    for b, row in enumerate(generated.tolist()):
+        row = _trim(row, builder)
+        tokens.append(row)
+        pos = answer_position(row, builder.prefix_ids)
+        if pos is not None and pos + 1 < steps.shape[1]:
+            log_q.append(readout_log(steps[b, pos + 1], builder.class_ids))
+            from_gen.append(True)
+        else:
+            log_q.append(None)
+            from_gen.append(False)
+            missing.append(b)
+    if missing:
+        # No answer prefix (or it was the last token): append it after what was written and read once.
+        sub = {k: (v[missing] if torch.is_tensor(v) else v) for k, v in batch.items()}
+        filled = read_after(model, sub, builder, [tokens[b] + builder.newline_ids for b in missing])
+        for i, b in enumerate(missing):
+            log_q[b] = filled[i]
+    texts = builder.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    return Decoded(tokens, texts, torch.stack(log_q), torch.tensor(from_gen))
+
+
+def _trim(row: list[int], builder: BatchBuilder) -> list[int]:
+    """Generated ids up to (not including) the end-of-turn token, padding dropped."""
+    if builder.end_id in row:
+        row = row[: row.index(builder.end_id)]
+    return [t for t in row if t != builder.pad_id]

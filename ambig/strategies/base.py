@@ -1,0 +1,151 @@
+"""The LightningModule every strategy shares: read-out, evaluation by decoding, metrics, logging, optimiser.
+
+A strategy subclass only says how it builds its training loss (`training_loss`). `BaseStrategy` trains
+nothing and is evaluated as it is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from ambig.losses import check_finite
+from ambig.metrics import DistributionMetrics
+from ambig.model.inputs import BatchBuilder
+from ambig.model.readout import readout_log
+from ambig.rollout import audio_kwargs, decode, read_after
+
+
+class AmbigModule(pl.LightningModule):
+    """Model + read-out + metrics. `trains` says whether `fit` has anything to do."""
+
+    trains = True
+
+    def __init__(self, model, builder: BatchBuilder, *, optim: dict, decoding: dict, name: str):
+        super().__init__()
+        self.model = model
+        self.builder = builder
+        self.optim = dict(optim)
+        self.decoding = dict(decoding)
+        self.name = name
+        k = len(builder.classes)
+        self.val_metrics = DistributionMetrics(k)
+        self.test_metrics = DistributionMetrics(k)
+        self.predictions: list[dict] = []
+        # Checkpoints hold the trainable (LoRA) weights only; the frozen base is reloaded from its source.
+        self.strict_loading = False
+
+    # ---- forward and read-out -------------------------------------------------------------------------
+    def teacher_forced(self, batch: dict) -> torch.Tensor:
+        """Logits (B, L, V) of prompt + target, with the audio."""
+        return self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            **audio_kwargs(batch),
+        ).logits
+
+    def answer_log_q(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """log q (B, K) at each row's answer position."""
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        return readout_log(logits[rows, batch["answer_index"]], self.builder.class_ids)
+
+    @staticmethod
+    def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token CE over the labelled target tokens (labels are aligned with the inputs)."""
+        shifted = labels[:, 1:]
+        if not (shifted != -100).any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=-100)
+
+    # ---- training ---------------------------------------------------------------------------------------
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, parts = self.training_loss(batch)
+        check_finite(loss, parts, context=f"step {self.global_step}, utterances {batch['ids']}")
+        bs = len(batch["ids"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for key, value in parts.items():
+            self.log(f"train/{key}", value, batch_size=bs)
+        return loss
+
+    # ---- evaluation -------------------------------------------------------------------------------------
+    def predict_log_q(self, batch: dict):
+        """Evaluation read-out: decode a trajectory (cot) or read right after the answer prefix (direct)."""
+        if self.builder.cot:
+            out = decode(self.model, batch, self.builder, max_new_tokens=self.decoding["max_new_tokens"])
+            return out.log_q, out.texts
+        empty = [[] for _ in batch["ids"]]
+        return read_after(self.model, batch, self.builder, empty), [None] * len(empty)
+
+    def _evaluate(self, batch: dict, metrics: DistributionMetrics, keep: bool) -> None:
+        log_q, texts = self.predict_log_q(batch)
+        q = log_q.exp().float()
+        q = q / q.sum(-1, keepdim=True)
+        metrics.update(batch["p"].to(q.device), q)
+        if keep:
+            for i, uid in enumerate(batch["ids"]):
+                self.predictions.append(
+                    {"id": uid, "p": batch["p"][i].tolist(), "q": q[i].tolist(), "cot": texts[i]}
+                )
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, keep=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics)
+
+    def on_test_epoch_start(self) -> None:
+        self.predictions = []
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, keep=True)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = {k: float(v) for k, v in self.test_metrics.compute().items()}
+        self._log_metrics("test", self.test_metrics)
+
+    def _log_metrics(self, stage: str, metrics: DistributionMetrics) -> None:
+        values = metrics.compute()
+        for key, value in values.items():
+            if key != "n":
+                self.log(f"{stage}/{key}", value.float(), prog_bar=key == "js")
+        metrics.reset()
+
+    # ---- optimiser --------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(
+            params,
+            lr=self.optim["lr"],
+            weight_decay=self.optim["weight_decay"],
+            betas=tuple(self.optim["betas"]),
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, int(round(self.optim["warmup_ratio"] * total)))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- checkpoints ------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class BaseStrategy(AmbigModule):
+    """`strategy=base`: evaluate the model as it is."""
+
+    trains = False

@@ -1,0 +1,22 @@
+"""`strategy=sft`: L = lambda_ce * CE(y*) + lambda_kl * KL(p || q(x, y*)), y* teacher-forced."""
+
+from __future__ import annotations
+
+import torch
+
+from ambig.losses import kl_divergence
+from ambig.strategies.base import AmbigModule
+
+
+class SFTStrategy(AmbigModule):
+    def __init__(self, model, builder, *, loss: dict, **kwargs):
+        super().__init__(model, builder, **kwargs)
+        self.lambda_ce = float(loss["lambda_ce"])
+        self.lambda_kl = float(loss["lambda_kl"])
+
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self.teacher_forced(batch)
+        ce = self.token_ce(logits, batch["labels"])
+        kl = kl_divergence(batch["p"], self.answer_log_q(logits, batch)).mean()
+        loss = self.lambda_ce * ce + self.lambda_kl * kl
+        return loss, {"ce": ce.detach(), "kl": kl.detach()}

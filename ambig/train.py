@@ -1,0 +1,170 @@
+"""`python -m ambig.train`: fit on a fold's train split, select on validation, test, write results.
+
+python -m ambig.train                                  # SFT, tiny model, synthetic corpus, CPU
+python -m ambig.train strategy=base fold=3             # evaluate the untrained model
+python -m ambig.train -m fold=1,2,3,4,5                # a sweep, one run per fold
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ambig.data.datamodule import EmotionDataModule
+from ambig.data.folds import leave_one_unit_out
+from ambig.logging import build_logger, finish_logger
+from ambig.model.inputs import BatchBuilder
+from ambig.model.load import load_model
+from ambig.results import format_table, write_results
+
+log = logging.getLogger("ambig.train")
+
+
+class ConfigError(ValueError):
+    """A configuration that composes but cannot work."""
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse combinations that would train nothing or a meaningless objective."""
+    loss = cfg.loss
+    if min(loss.lambda_ce, loss.lambda_kl) < 0:
+        raise ConfigError(
+            f"loss weights must be >= 0, got lambda_ce={loss.lambda_ce}, lambda_kl={loss.lambda_kl}"
+        )
+    if loss.lambda_kl == 0 and not (loss.ce_answer_word and loss.lambda_ce > 0):
+        raise ConfigError(
+            f"loss={loss.name}: the answer word is supervised by neither KL (lambda_kl=0) nor CE"
+        )
+    if not 0 <= cfg.optim.warmup_ratio <= 1:
+        raise ConfigError(f"optim.warmup_ratio must be in [0, 1], got {cfg.optim.warmup_ratio}")
+
+
+def resume_checkpoint(run_dir: Path) -> Path:
+    """The newest `checkpoints/last.ckpt` among earlier runs of the same dataset/strategy/fold."""
+    candidates = sorted(
+        (p for p in run_dir.parent.glob("*/checkpoints/last.ckpt") if p.parents[1] != run_dir),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not candidates:
+        raise FileNotFoundError(
+            f"resume=true but no earlier run under {run_dir.parent} has checkpoints/last.ckpt"
+        )
+    return candidates[-1]
+
+
+def build_strategy(cfg: DictConfig, model, builder: BatchBuilder):
+    cls = get_class(cfg.strategy._target_)
+    extra = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.strategy).items()
+        if k not in ("_target_", "name", "optim")
+    }
+    optim = {**OmegaConf.to_container(cfg.optim), **OmegaConf.to_container(cfg.strategy.optim)}
+    return cls(
+        model,
+        builder,
+        optim=optim,
+        decoding=OmegaConf.to_container(cfg.decoding),
+        loss=OmegaConf.to_container(cfg.loss),
+        name=cfg.strategy.name,
+        **extra,
+    )
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Everything `python -m ambig.train` does, given a composed config and its run directory."""
+    check_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "metrics.json").exists():
+        raise FileExistsError(f"{run_dir} already holds results; refusing to overwrite them")
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(cfg.seed, workers=True)
+
+    corpus = instantiate(cfg.dataset.corpus)
+    split = leave_one_unit_out(corpus.records(), cfg.fold, seed=cfg.seed, **cfg.dataset.folds)
+    log.info(
+        "fold %d: %d train / %d val / %d test utterances",
+        cfg.fold,
+        len(split.train),
+        len(split.val),
+        len(split.test),
+    )
+    resumed_from = resume_checkpoint(run_dir) if cfg.resume else None
+
+    model, processor = load_model(cfg.model)
+    builder = BatchBuilder(
+        processor,
+        corpus.classes,
+        cot=cfg.cot.enabled,
+        ce_answer_word=cfg.loss.ce_answer_word,
+        sample_rate=cfg.model.sample_rate,
+    )
+    datamodule = EmotionDataModule(
+        split,
+        builder,
+        batch_size=cfg.batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+        num_workers=cfg.num_workers,
+        sample_rate=cfg.model.sample_rate,
+        max_seconds=cfg.model.max_audio_seconds,
+        seed=cfg.seed,
+    )
+    strategy = build_strategy(cfg, model, builder)
+
+    checkpoint = pl.callbacks.ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        monitor="val/js",
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+        filename="best-epoch{epoch}-step{step}",
+        auto_insert_metric_name=False,
+    )
+    logger = build_logger(cfg, run_dir)
+    trainer = pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer),
+        default_root_dir=run_dir,
+        logger=logger,
+        callbacks=[checkpoint] if strategy.trains else [],
+        enable_checkpointing=strategy.trains,
+    )
+    best = None
+    if strategy.trains:
+        trainer.fit(strategy, datamodule=datamodule, ckpt_path=str(resumed_from) if resumed_from else None)
+        best = checkpoint.best_model_path or None
+    trainer.test(strategy, datamodule=datamodule, ckpt_path=best, weights_only=False)
+
+    metrics = {
+        **strategy.test_results,
+        "n": int(strategy.test_results["n"]),
+        "dataset": cfg.dataset.name,
+        "strategy": cfg.strategy.name,
+        "model": cfg.model.name,
+        "loss": cfg.loss.name,
+        "cot": cfg.cot.name,
+        "fold": cfg.fold,
+        "seed": cfg.seed,
+        "classes": list(corpus.classes),
+        "best_checkpoint": best,
+        "resumed_from": str(resumed_from) if resumed_from else None,
+    }
+    write_results(run_dir, metrics, strategy.predictions)
+    finish_logger(logger, metrics)
+    print(format_table(metrics))
+    print(f"results: {run_dir / 'metrics.json'}")
+    return metrics
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    return run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()
