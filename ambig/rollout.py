@@ -77,7 +77,7 @@ def decode(
     generated = out.sequences[:, batch["prompt_ids"].shape[1] :]
     steps = torch.stack(out.logits, dim=1)  # (B, T, V): step t predicts generated token t
     tokens, log_q, from_gen = [], [], []
-    missing = []
+    missing, continuations = [], []
     for b, row in enumerate(generated.tolist()):
         row = _trim(row, builder)
         tokens.append(row)
@@ -85,14 +85,17 @@ def decode(
         if pos is not None and pos + 1 < steps.shape[1]:
             log_q.append(readout_log(steps[b, pos + 1], builder.class_ids))
             from_gen.append(True)
-        else:
-            log_q.append(None)
-            from_gen.append(False)
-            missing.append(b)
+            continue
+        log_q.append(None)
+        from_gen.append(False)
+        missing.append(b)
+        # The budget ran out right after the prefix: read after the model's own prefix, not a second one.
+        # Otherwise the prefix goes on a new line after whatever was written.
+        cut = pos + 1 - len(builder.prefix_ids) if pos is not None else None
+        continuations.append(row[:cut] if cut is not None else row + builder.newline_ids)
     if missing:
-        # No answer prefix (or it was the last token): append it after what was written and read once.
         sub = {k: (v[missing] if torch.is_tensor(v) else v) for k, v in batch.items()}
-        filled = read_after(model, sub, builder, [tokens[b] + builder.newline_ids for b in missing])
+        filled = read_after(model, sub, builder, continuations)
         for i, b in enumerate(missing):
             log_q[b] = filled[i]
     texts = builder.tokenizer.batch_decode(tokens, skip_special_tokens=True)
@@ -100,7 +103,5 @@ def decode(
 
 
 def _trim(row: list[int], builder: BatchBuilder) -> list[int]:
-    """Generated ids up to (not including) the end-of-turn token, padding dropped."""
-    if builder.end_id in row:
-        row = row[: row.index(builder.end_id)]
-    return [t for t in row if t != builder.pad_id]
+    """Generated ids up to (not including) the end-of-turn token; `generate` pads only after it."""
+    return row[: row.index(builder.end_id)] if builder.end_id in row else row

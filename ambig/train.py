@@ -62,16 +62,19 @@ def build_strategy(cfg: DictConfig, model, builder: BatchBuilder):
     cls = get_class(cfg.strategy._target_)
     extra = {
         k: v
-        for k, v in OmegaConf.to_container(cfg.strategy).items()
+        for k, v in OmegaConf.to_container(cfg.strategy, resolve=True).items()
         if k not in ("_target_", "name", "optim")
     }
-    optim = {**OmegaConf.to_container(cfg.optim), **OmegaConf.to_container(cfg.strategy.optim)}
+    optim = {
+        **OmegaConf.to_container(cfg.optim, resolve=True),
+        **OmegaConf.to_container(cfg.strategy.optim, resolve=True),
+    }
     return cls(
         model,
         builder,
         optim=optim,
-        decoding=OmegaConf.to_container(cfg.decoding),
-        loss=OmegaConf.to_container(cfg.loss),
+        decoding=OmegaConf.to_container(cfg.decoding, resolve=True),
+        loss=OmegaConf.to_container(cfg.loss, resolve=True),
         name=cfg.strategy.name,
         **extra,
     )

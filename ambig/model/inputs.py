@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ambig.data.records import Record
+from ambig.metrics import validate_distributions
 from ambig.model import prompt
 from ambig.model.readout import class_token_ids, prefix_token_ids
 
@@ -112,6 +113,12 @@ class BatchBuilder:
         answer_index = torch.tensor([width - len(r) + off for r, off in offsets])
         prompt_ids, prompt_mask = left_pad(prompt_rows, self.pad_id)
         p = torch.tensor([r.soft_label for r in records], dtype=torch.float32)
+        try:
+            validate_distributions(p)
+        except ValueError as err:
+            raise ValueError(
+                f"bad soft label in the batch of utterances {[r.id for r in records]}: {err}"
+            ) from err
         return {
             "ids": [r.id for r in records],
             "p": p,

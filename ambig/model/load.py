@@ -69,6 +69,7 @@ def apply_lora(model, lora_cfg):
         lora_alpha=lora_cfg.alpha,
         lora_dropout=lora_cfg.dropout,
         target_modules=lora_cfg.target_modules,
+        modules_to_save=list(lora_cfg.get("modules_to_save") or []) or None,
         bias="none",
     )
     model = get_peft_model(model, config)

@@ -24,9 +24,10 @@ class AmbigModule(pl.LightningModule):
 
     trains = True
 
-    def __init__(self, model, builder: BatchBuilder, *, optim: dict, decoding: dict, name: str):
+    def __init__(self, model, builder: BatchBuilder, *, optim: dict, decoding: dict, loss: dict, name: str):
         super().__init__()
         self.model = model
+        self.loss_cfg = dict(loss)
         self.builder = builder
         self.optim = dict(optim)
         self.decoding = dict(decoding)

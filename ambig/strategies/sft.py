@@ -9,10 +9,10 @@ from ambig.strategies.base import AmbigModule
 
 
 class SFTStrategy(AmbigModule):
-    def __init__(self, model, builder, *, loss: dict, **kwargs):
+    def __init__(self, model, builder, **kwargs):
         super().__init__(model, builder, **kwargs)
-        self.lambda_ce = float(loss["lambda_ce"])
-        self.lambda_kl = float(loss["lambda_kl"])
+        self.lambda_ce = float(self.loss_cfg["lambda_ce"])
+        self.lambda_kl = float(self.loss_cfg["lambda_kl"])
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.teacher_forced(batch)

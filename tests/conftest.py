@@ -1,0 +1,105 @@
+"""Shared fixtures: the tiny Qwen2-Audio (built once per session), a synthetic corpus, a batch builder."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ambig.data.audio import load_audio
+from ambig.data.synthetic import CLASSES, SyntheticSpec, load_synthetic
+from ambig.model.inputs import BatchBuilder, Example
+from ambig.model.load import load_model
+
+SAMPLE_RATE = 16000
+MAX_SECONDS = 4.0
+
+# conf/model/tiny.yaml, resolved and narrowed (width 64, 2 layers) so unit tests stay fast;
+# cache_dir is set per session.
+TINY_MODEL_CFG = {
+    "name": "tiny",
+    "hub_id": None,
+    "path": None,
+    "cache_dir": None,
+    "dtype": "float32",
+    "sample_rate": SAMPLE_RATE,
+    "max_audio_seconds": 4,
+    "gradient_checkpointing": False,
+    "tiny": {
+        "seed": 0,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "audio_d_model": 64,
+        "audio_layers": 2,
+        "audio_heads": 4,
+        "audio_ffn_dim": 128,
+        "num_mel_bins": 128,
+        "chunk_length": 4,
+    },
+    "lora": {
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.05,
+        "target_modules": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The cache directory the tiny checkpoint is built into (shared by every tiny-model fixture)."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg_factory(tiny_model_dir):
+    """`make(lora=True, **overrides)` -> an OmegaConf model config for the tiny model."""
+
+    def make(lora: bool = True, **overrides):
+        cfg = copy.deepcopy(TINY_MODEL_CFG)
+        cfg["cache_dir"] = str(tiny_model_dir)
+        if not lora:
+            cfg["lora"] = None
+        cfg.update(overrides)
+        return OmegaConf.create(cfg)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_cfg_factory):
+    """(model, processor) without LoRA, in eval mode. Shared: do not train it."""
+    model, processor = load_model(tiny_cfg_factory(lora=False))
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_cfg_factory):
+    """(model, processor) with LoRA, in eval mode. Shared: do not train it (load a fresh one to train)."""
+    torch.manual_seed(0)
+    model, processor = load_model(tiny_cfg_factory(lora=True))
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def synthetic_records(tmp_path_factory):
+    """20 synthetic utterances (IEMOCAP's 4 classes), each with a curated CoT."""
+    return load_synthetic(tmp_path_factory.mktemp("data"), SyntheticSpec(n_utterances=20))
+
+
+@pytest.fixture(scope="session")
+def examples(synthetic_records):
+    """`Example`s of the synthetic records (audio loaded at 16 kHz, at most 4 s)."""
+    return [Example(r, load_audio(r.audio_path, SAMPLE_RATE, MAX_SECONDS)) for r in synthetic_records]
+
+
+@pytest.fixture(scope="session")
+def builder(tiny_base):
+    """The CoT batch builder with the answer word left out of CE (the ambiguity-loss setting)."""
+    _, processor = tiny_base
+    return BatchBuilder(processor, CLASSES, cot=True, ce_answer_word=False, sample_rate=SAMPLE_RATE)

@@ -1,0 +1,161 @@
+"""BatchBuilder: padding invariance of the read-out, labels, audio reaching the loss, cot=False, errors."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ambig.data.synthetic import CLASSES
+from ambig.model.inputs import IGNORE, BatchBuilder, Example
+from ambig.rollout import read_after
+from ambig.strategies.base import AmbigModule
+from ambig.strategies.sft import SFTStrategy
+
+SAMPLE_RATE = 16000
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            input_features=batch["input_features"],
+            feature_attention_mask=batch["feature_attention_mask"],
+        ).logits
+
+
+def _answer_q(model, batch, builder):
+    logits = _logits(model, batch)
+    rows = torch.arange(logits.shape[0])
+    return torch.softmax(logits[rows, batch["answer_index"]][:, builder.class_ids], dim=-1)
+
+
+def _span(batch, b):
+    """(first real position, prompt length) of row b."""
+    start = batch["input_ids"].shape[1] - int(batch["attention_mask"][b].sum())
+    return start, int(batch["prompt_mask"][b].sum())
+
+
+def _by_length(builder, examples):
+    return sorted(examples, key=lambda e: builder([e])["input_ids"].shape[1])
+
+
+def test_padding_invariance(tiny_base, builder, examples):
+    model, _ = tiny_base
+    ordered = _by_length(builder, examples[:8])
+    shortest, middle, longest = ordered[0], ordered[len(ordered) // 2], ordered[-1]
+    alone = builder([middle])
+    batch = builder([longest, middle, shortest])
+    # Precondition: the utterance really is left-padded in the batch, and its neighbour more so.
+    assert batch["attention_mask"][1].sum() < batch["attention_mask"].shape[1]
+    assert batch["attention_mask"][2].sum() < batch["attention_mask"][1].sum()
+    assert batch["answer_index"][1] != alone["answer_index"][0]
+
+    q_alone = _answer_q(model, alone, builder)[0]
+    q_batch = _answer_q(model, batch, builder)
+    torch.testing.assert_close(q_batch[1], q_alone, atol=1e-5, rtol=0)
+    q_short_alone = _answer_q(model, builder([shortest]), builder)[0]
+    torch.testing.assert_close(q_batch[2], q_short_alone, atol=1e-5, rtol=0)
+
+    cont = builder.tokenizer("Keywords: loud", add_special_tokens=False).input_ids
+    r_alone = read_after(model, alone, builder, [cont]).exp()[0]
+    r_batch = read_after(model, batch, builder, [cont[:1], cont, []]).exp()
+    torch.testing.assert_close(r_batch[1], r_alone, atol=1e-5, rtol=0)
+
+
+def test_labels_mask_the_prompt_and_the_answer_word(builder, examples, tiny_base):
+    _, processor = tiny_base
+    with_word = BatchBuilder(processor, CLASSES, cot=True, ce_answer_word=True, sample_rate=SAMPLE_RATE)
+    chosen = examples[:3]
+    batch, batch_w = builder(chosen), with_word(chosen)
+    tok = builder.tokenizer
+    for b, ex in enumerate(chosen):
+        ids, labels = batch["input_ids"][b], batch["labels"][b]
+        start, plen = _span(batch, b)
+        a = int(batch["answer_index"][b])
+        answer_tok = builder.class_ids[CLASSES.index(ex.record.majority(CLASSES))]
+        # Padding and prompt are never labelled; the prompt is the generation prompt verbatim.
+        assert (labels[: start + plen] == IGNORE).all()
+        prompt_row = batch["prompt_ids"][b][batch["prompt_mask"][b].bool()]
+        assert torch.equal(ids[start : start + plen], prompt_row)
+        # The answer position holds the prefix's last token; the next input is the majority class token.
+        assert ids[a - len(builder.prefix_ids) + 1 : a + 1].tolist() == builder.prefix_ids
+        assert int(ids[a + 1]) == answer_tok
+        assert int(labels[a + 1]) == IGNORE
+        assert int(labels[a + 2]) == builder.end_id and int(ids[a + 2]) == builder.end_id
+        assert a + 3 == len(ids)
+        # Everything between the prompt and the answer word is labelled with itself: CoT + "\nAnswer:".
+        target = labels[start + plen : a + 1]
+        assert (target != IGNORE).all()
+        assert torch.equal(target, ids[start + plen : a + 1])
+        assert tok.decode(target.tolist()) == ex.record.cot + "\nAnswer:"
+        # With ce_answer_word the answer word is labelled, and nothing else changes.
+        assert int(batch_w["labels"][b][a + 1]) == answer_tok
+        assert torch.equal(batch_w["input_ids"][b], ids)
+        changed = (batch_w["labels"][b] != labels).nonzero().flatten().tolist()
+        assert changed == [a + 1]
+    torch.testing.assert_close(batch["p"], torch.tensor([e.record.soft_label for e in chosen]))
+    assert batch["ids"] == [e.record.id for e in chosen]
+
+
+def test_audio_reaches_read_out_and_loss(tiny_lora, examples):
+    model, processor = tiny_lora
+    builder = BatchBuilder(processor, CLASSES, cot=True, ce_answer_word=False, sample_rate=SAMPLE_RATE)
+    ex = examples[0]
+    noise = np.random.default_rng(0).normal(0.0, 0.3, ex.audio.shape).astype(np.float32)
+    batch = builder([ex, Example(ex.record, noise)])
+    # Same length audio, same text: the token sequences are identical, only the audio differs.
+    assert torch.equal(batch["input_ids"][0], batch["input_ids"][1])
+    assert not torch.equal(batch["input_features"][0], batch["input_features"][1])
+    logits = _logits(model, batch)
+    q = torch.softmax(logits[torch.arange(2), batch["answer_index"]][:, builder.class_ids], -1)
+    assert (q[0] - q[1]).abs().max() > 1e-6
+    ce = [float(AmbigModule.token_ce(logits[i : i + 1], batch["labels"][i : i + 1])) for i in range(2)]
+    assert abs(ce[0] - ce[1]) > 1e-6
+
+    sft = SFTStrategy(
+        model,
+        builder,
+        optim={"lr": 1e-4, "weight_decay": 0.0, "betas": [0.9, 0.999], "warmup_ratio": 0.03},
+        decoding={"max_new_tokens": 8},
+        loss={"lambda_ce": 1, "lambda_kl": 1, "ce_answer_word": False, "name": "ambiguity"},
+        name="sft",
+    )
+    towers = [m for n, m in model.named_modules() if n.endswith("audio_tower")]
+    assert len(towers) == 1
+    calls = []
+    handle = towers[0].register_forward_hook(lambda mod, args, out: calls.append(args[0].shape))
+    try:
+        with torch.no_grad():
+            loss_real, _ = sft.training_loss(builder([ex]))
+            loss_noise, _ = sft.training_loss(builder([Example(ex.record, noise)]))
+    finally:
+        handle.remove()
+    assert len(calls) == 2 and calls[0][0] == 1
+    assert abs(float(loss_real) - float(loss_noise)) > 1e-6
+
+
+def test_direct_answer_target(tiny_base, examples):
+    _, processor = tiny_base
+    for ce_word in (False, True):
+        builder = BatchBuilder(processor, CLASSES, cot=False, ce_answer_word=ce_word, sample_rate=SAMPLE_RATE)
+        batch = builder(examples[:2])
+        for b, ex in enumerate(examples[:2]):
+            start, plen = _span(batch, b)
+            answer_tok = builder.class_ids[CLASSES.index(ex.record.majority(CLASSES))]
+            target = batch["input_ids"][b][start + plen :].tolist()
+            assert target == builder.prefix_ids + [answer_tok, builder.end_id]
+            labels = batch["labels"][b][start + plen :].tolist()
+            assert labels == builder.prefix_ids + [answer_tok if ce_word else IGNORE, builder.end_id]
+            assert int(batch["answer_index"][b]) == start + plen + len(builder.prefix_ids) - 1
+            prompt = builder.tokenizer.decode(batch["prompt_ids"][b][batch["prompt_mask"][b].bool()])
+            assert "Reason step by step" not in prompt and "Give the emotion as" in prompt
+
+
+def test_missing_cot_is_refused(builder, examples):
+    ex = examples[0]
+    bare = Example(dataclasses.replace(ex.record, cot=None), ex.audio)
+    with pytest.raises(ValueError, match=ex.record.id):
+        builder([examples[1], bare])
