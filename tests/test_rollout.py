@@ -1,6 +1,5 @@
 """decode: one read-out per row; the fallback read after the trajectory; the from-generation read-out."""
 
-import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
