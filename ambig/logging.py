@@ -27,7 +27,7 @@ def build_logger(cfg: DictConfig, run_dir: Path):
     if name == "csv":
         from pytorch_lightning.loggers import CSVLogger
 
-        return CSVLogger(save_dir=run_dir, name="", version="")
+        return CSVLogger(save_dir=run_dir, name="logs", version="")
     if name == "wandb":
         from pytorch_lightning.loggers import WandbLogger
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ FAST = [
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
     "decoding.max_new_tokens=12",
     "batch_size=4",
@@ -120,9 +122,9 @@ def test_resume_continues_from_the_last_checkpoint(env, tmp_path):
     assert first["resumed_from"] is None
     second = run(make_cfg("resume=true", "trainer.max_epochs=2"), parent / "b")
     assert second["resumed_from"] == str(parent / "a" / "checkpoints" / "last.ckpt")
-    rows = (parent / "b" / "metrics.csv").read_text().splitlines()
-    epochs = {line.split(",")[0] for line in rows[1:]}
-    assert epochs == {"1"}, "the resumed run trains epoch 1 only: epoch 0 came from the checkpoint"
+    rows = list(csv.DictReader((parent / "b" / "logs" / "metrics.csv").open()))
+    trained = {row["epoch"] for row in rows if row.get("train/loss")}
+    assert trained == {"1"}, "the resumed run trains epoch 1 only: epoch 0 came from the checkpoint"
 
 
 def test_resume_without_an_earlier_run_says_so(env, tmp_path):
@@ -138,3 +140,34 @@ def test_a_loss_that_supervises_no_answer_is_refused(env, tmp_path):
 def test_fold_out_of_range_is_refused(env, tmp_path):
     with pytest.raises(ValueError, match="valid folds are 1..5"):
         run(make_cfg("fold=6"), tmp_path / "run")
+
+
+def test_the_7b_config_composes_and_a_missing_download_says_how_to_get_it(env, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from ambig.model.load import ModelNotAvailableError
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    cfg = make_cfg("model=qwen2_audio_7b_instruct", "strategy=base")
+    assert cfg.model.hub_id == "Qwen/Qwen2-Audio-7B-Instruct" and cfg.model.dtype == "bfloat16"
+    with pytest.raises(ModelNotAvailableError, match="huggingface-cli download Qwen/Qwen2-Audio-7B-Instruct"):
+        run(cfg, tmp_path / "run")
+
+
+def test_multirun_writes_one_directory_per_job(env, tmp_path):
+    proc = cli(
+        "-m",
+        "experiment=quick",
+        "strategy=base",
+        "fold=1,2",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        env_vars={"AMBIG_CACHE_DIR": env["cache"], "AMBIG_RUNS_DIR": tmp_path},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = list((tmp_path / "multirun").iterdir())
+    jobs = sorted(p.name for p in sweep.iterdir() if (p / "metrics.json").exists())
+    assert jobs == ["0-synthetic-base-fold1", "1-synthetic-base-fold2"]
+    folds = [json.loads((sweep / j / "metrics.json").read_text())["fold"] for j in jobs]
+    assert folds == [1, 2]

@@ -35,23 +35,43 @@ def resolve_source(model_cfg) -> str:
     return model_cfg.hub_id
 
 
+def _not_available(source: str, cause: object) -> ModelNotAvailableError:
+    return ModelNotAvailableError(
+        f"cannot load {source!r}: the weights are not in the Hugging Face cache "
+        f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the hub is unreachable. "
+        f"On a machine with internet run `huggingface-cli download {source}` (then copy the cache, "
+        f"or set HF_HOME), or download to a directory and pass model.path=/that/dir. Cause: {cause}"
+    )
+
+
+def check_hub_source(source: str, timeout: float = 10.0) -> None:
+    """Fail in seconds, not minutes of retries, when a hub id is neither cached nor reachable."""
+    if Path(source).exists():
+        return
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source, "config.json"), str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise _not_available(source, "HF_HUB_OFFLINE is set")
+    try:
+        model_info(source, timeout=timeout)
+    except Exception as err:  # connection refused, DNS, timeout, 404: all mean "cannot get it now"
+        raise _not_available(source, err) from err
+
+
 def load_model(model_cfg):
     """(model, processor) from `model_cfg`, with LoRA applied when `model_cfg.lora` is set."""
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
     source = resolve_source(model_cfg)
     dtype = DTYPES[model_cfg.get("dtype", "float32")]
+    check_hub_source(source)
     try:
         processor = AutoProcessor.from_pretrained(source)
         model = Qwen2AudioForConditionalGeneration.from_pretrained(source, dtype=dtype)
     except OSError as err:
-        raise ModelNotAvailableError(
-            f"cannot load {source!r}: the weights are not in the Hugging Face cache "
-            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the hub is unreachable. "
-            f"On a machine with internet run `huggingface-cli download {source}` (then copy the cache, "
-            "or set "
-            f"HF_HOME), or download to a directory and pass model.path=/that/dir. Cause: {err}"
-        ) from err
+        raise _not_available(source, err) from err
     processor.tokenizer.padding_side = "left"  # decoder-only generation; the batch builder relies on it
     if model_cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
