@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ambig.data.datamodule import EmotionDataModule
 from ambig.data.folds import leave_one_unit_out
-from ambig.logging import build_logger, finish_logger
+from ambig.loggers import build_logger, finish_logger
 from ambig.model.inputs import BatchBuilder
 from ambig.model.load import load_model
 from ambig.results import format_table, write_results

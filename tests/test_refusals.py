@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ambig.logging import build_logger, finish_logger, scrub
+from ambig.loggers import build_logger, finish_logger, scrub
 from ambig.losses import NonFiniteLossError
 from ambig.model.inputs import Example
 from ambig.strategies.sft import SFTStrategy

@@ -53,21 +53,22 @@ class EmotionDataModule(pl.LightningDataModule):
         self.max_seconds = max_seconds
         self.seed = seed
 
-    def _loader(self, records: Sequence[Record], batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, records: Sequence[Record], *, train: bool) -> DataLoader:
+        """Training batches are shuffled (seeded) and carry targets; evaluation batches need neither."""
         return DataLoader(
             EmotionDataset(records, self.sample_rate, self.max_seconds),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=self.builder,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            collate_fn=self.builder if train else self.builder.for_evaluation(),
             num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.split.train, self.batch_size, shuffle=True)
+        return self._loader(self.split.train, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.split.val, self.eval_batch_size, shuffle=False)
+        return self._loader(self.split.val, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.split.test, self.eval_batch_size, shuffle=False)
+        return self._loader(self.split.test, train=False)

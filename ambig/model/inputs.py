@@ -6,6 +6,7 @@ on its first real token, so an utterance's logits do not depend on the batch it 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,9 +49,10 @@ class Example:
 class BatchBuilder:
     """Turns a list of `Example` into the tensors every strategy uses.
 
-    Keys: ids, p (B, K); prompt_ids / prompt_mask (prompt only, for generation); input_ids / attention_mask /
-    position_ids / labels (prompt + teacher-forced target); answer_index (B,): the position whose logits
-    predict the emotion word; input_features / feature_attention_mask (the audio).
+    Keys: ids, p (B, K); prompt_ids / prompt_mask (prompt only, for generation); input_features /
+    feature_attention_mask (the audio); and unless built `for_evaluation`: input_ids / attention_mask /
+    position_ids / labels (prompt + teacher-forced target) and answer_index (B,), the position whose logits
+    predict the emotion word.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class BatchBuilder:
         self.cot = cot
         self.ce_answer_word = ce_answer_word
         self.sample_rate = sample_rate
+        self.targets = True
         self.class_ids = class_token_ids(self.tokenizer, self.classes)
         self.prefix_ids = prefix_token_ids(self.tokenizer)
         self.end_id = self.tokenizer.convert_tokens_to_ids(prompt.END_OF_TURN)
@@ -93,11 +96,39 @@ class BatchBuilder:
         answer = self.class_ids[self.classes.index(record.majority(self.classes))]
         return before, answer
 
+    def for_evaluation(self) -> BatchBuilder:
+        """The same builder without teacher-forced targets: evaluation decodes, so a clip needs no CoT."""
+        clone = copy.copy(self)
+        clone.targets = False
+        return clone
+
     def __call__(self, examples: Sequence[Example]) -> dict:
         records = [e.record for e in examples]
         prompt_rows, features, feature_mask = self.encode_prompts(
             [r.transcript for r in records], [e.audio for e in examples]
         )
+        p = torch.tensor([r.soft_label for r in records], dtype=torch.float32)
+        try:
+            validate_distributions(p)
+        except ValueError as err:
+            raise ValueError(
+                f"bad soft label in the batch of utterances {[r.id for r in records]}: {err}"
+            ) from err
+        prompt_ids, prompt_mask = left_pad(prompt_rows, self.pad_id)
+        batch = {
+            "ids": [r.id for r in records],
+            "p": p,
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "input_features": features,
+            "feature_attention_mask": feature_mask,
+        }
+        if self.targets:
+            batch.update(self.teacher_forced(records, prompt_rows))
+        return batch
+
+    def teacher_forced(self, records: Sequence[Record], prompt_rows: list[list[int]]) -> dict:
+        """Prompt + target rows, their labels and each row's answer position."""
         full_rows, label_rows, answer_offsets = [], [], []
         for record, head in zip(records, prompt_rows, strict=True):
             before, answer = self.target_pieces(record)
@@ -111,24 +142,10 @@ class BatchBuilder:
         width = input_ids.shape[1]
         offsets = zip(full_rows, answer_offsets, strict=True)
         answer_index = torch.tensor([width - len(r) + off for r, off in offsets])
-        prompt_ids, prompt_mask = left_pad(prompt_rows, self.pad_id)
-        p = torch.tensor([r.soft_label for r in records], dtype=torch.float32)
-        try:
-            validate_distributions(p)
-        except ValueError as err:
-            raise ValueError(
-                f"bad soft label in the batch of utterances {[r.id for r in records]}: {err}"
-            ) from err
         return {
-            "ids": [r.id for r in records],
-            "p": p,
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "position_ids": positions(attention_mask),
             "labels": labels,
             "answer_index": answer_index,
-            "prompt_ids": prompt_ids,
-            "prompt_mask": prompt_mask,
-            "input_features": features,
-            "feature_attention_mask": feature_mask,
         }

@@ -159,3 +159,11 @@ def test_missing_cot_is_refused(builder, examples):
     bare = Example(dataclasses.replace(ex.record, cot=None), ex.audio)
     with pytest.raises(ValueError, match=ex.record.id):
         builder([examples[1], bare])
+
+
+def test_evaluation_batches_need_no_cot_and_carry_no_targets(builder, examples):
+    bare = Example(dataclasses.replace(examples[0].record, cot=None), examples[0].audio)
+    batch = builder.for_evaluation()([bare, examples[1]])
+    assert "labels" not in batch and "answer_index" not in batch
+    assert batch["prompt_ids"].shape[0] == 2 and batch["p"].shape == (2, 4)
+    assert builder.targets, "for_evaluation leaves the training builder unchanged"
