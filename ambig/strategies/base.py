@@ -66,6 +66,11 @@ class AmbigModule(pl.LightningModule):
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def on_fit_start(self) -> None:
+        # from_pretrained returns the model in eval mode and Lightning keeps each module's mode, so without
+        # this LoRA dropout would never be active in training.
+        self.model.train()
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, parts = self.training_loss(batch)
         check_finite(loss, parts, context=f"step {self.global_step}, utterances {batch['ids']}")
