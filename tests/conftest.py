@@ -103,3 +103,20 @@ def builder(tiny_base):
     """The CoT batch builder with the answer word left out of CE (the ambiguity-loss setting)."""
     _, processor = tiny_base
     return BatchBuilder(processor, CLASSES, cot=True, ce_answer_word=False, sample_rate=SAMPLE_RATE)
+
+
+AMBIGUITY_LOSS = {"name": "ambiguity", "lambda_ce": 1.0, "lambda_kl": 1.0, "ce_answer_word": False}
+
+
+@pytest.fixture(scope="session")
+def make_sft():
+    """`make_sft(model, builder, lr=1e-3)` -> an SFTStrategy with the ambiguity loss (CE + KL)."""
+    from ambig.strategies.sft import SFTStrategy
+
+    def make(model, builder, lr: float = 1e-3):
+        optim = {"lr": lr, "weight_decay": 0.0, "betas": [0.9, 0.999], "warmup_ratio": 0.0}
+        return SFTStrategy(
+            model, builder, optim=optim, decoding={"max_new_tokens": 8}, loss=AMBIGUITY_LOSS, name="sft"
+        )
+
+    return make

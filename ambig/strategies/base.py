@@ -19,6 +19,16 @@ from ambig.model.readout import readout_log
 from ambig.rollout import audio_kwargs, decode, read_after
 
 
+def teacher_forced_logits(model, batch: dict) -> torch.Tensor:
+    """Logits (B, L, V) of prompt + teacher-forced target, with the audio."""
+    return model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        **audio_kwargs(batch),
+    ).logits
+
+
 class AmbigModule(pl.LightningModule):
     """Model + read-out + metrics. `trains` says whether `fit` has anything to do."""
 
@@ -41,13 +51,7 @@ class AmbigModule(pl.LightningModule):
 
     # ---- forward and read-out -------------------------------------------------------------------------
     def teacher_forced(self, batch: dict) -> torch.Tensor:
-        """Logits (B, L, V) of prompt + target, with the audio."""
-        return self.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
-            **audio_kwargs(batch),
-        ).logits
+        return teacher_forced_logits(self.model, batch)
 
     def answer_log_q(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         """log q (B, K) at each row's answer position."""

@@ -9,21 +9,14 @@ import torch
 from ambig.data.synthetic import CLASSES
 from ambig.model.inputs import IGNORE, BatchBuilder, Example
 from ambig.rollout import read_after
-from ambig.strategies.base import AmbigModule
-from ambig.strategies.sft import SFTStrategy
+from ambig.strategies.base import AmbigModule, teacher_forced_logits
 
 SAMPLE_RATE = 16000
 
 
 def _logits(model, batch):
     with torch.no_grad():
-        return model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
-            input_features=batch["input_features"],
-            feature_attention_mask=batch["feature_attention_mask"],
-        ).logits
+        return teacher_forced_logits(model, batch)
 
 
 def _answer_q(model, batch, builder):
@@ -100,7 +93,7 @@ def test_labels_mask_the_prompt_and_the_answer_word(builder, examples, tiny_base
     assert batch["ids"] == [e.record.id for e in chosen]
 
 
-def test_audio_reaches_read_out_and_loss(tiny_lora, examples):
+def test_audio_reaches_read_out_and_loss(tiny_lora, examples, make_sft):
     model, processor = tiny_lora
     builder = BatchBuilder(processor, CLASSES, cot=True, ce_answer_word=False, sample_rate=SAMPLE_RATE)
     ex = examples[0]
@@ -115,14 +108,7 @@ def test_audio_reaches_read_out_and_loss(tiny_lora, examples):
     ce = [float(AmbigModule.token_ce(logits[i : i + 1], batch["labels"][i : i + 1])) for i in range(2)]
     assert abs(ce[0] - ce[1]) > 1e-6
 
-    sft = SFTStrategy(
-        model,
-        builder,
-        optim={"lr": 1e-4, "weight_decay": 0.0, "betas": [0.9, 0.999], "warmup_ratio": 0.03},
-        decoding={"max_new_tokens": 8},
-        loss={"lambda_ce": 1, "lambda_kl": 1, "ce_answer_word": False, "name": "ambiguity"},
-        name="sft",
-    )
+    sft = make_sft(model, builder, lr=1e-4)
     towers = [m for n, m in model.named_modules() if n.endswith("audio_tower")]
     assert len(towers) == 1
     calls = []

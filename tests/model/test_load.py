@@ -9,17 +9,12 @@ from omegaconf import OmegaConf
 
 from ambig.model.load import ModelNotAvailableError, apply_lora, load_model, resolve_source
 from ambig.model.tiny import TinySpec, build_tiny
+from ambig.strategies.base import teacher_forced_logits
 
 
 def _logits(model, batch):
     with torch.no_grad():
-        return model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
-            input_features=batch["input_features"],
-            feature_attention_mask=batch["feature_attention_mask"],
-        ).logits
+        return teacher_forced_logits(model, batch)
 
 
 def test_checkpoint_matches_a_directly_built_model(tiny_base, tiny_cfg_factory, builder, examples):

@@ -2,22 +2,13 @@
 
 import torch
 
-from ambig.strategies.sft import SFTStrategy
 
-
-def test_sft_steps_lower_ce_and_kl(tiny_cfg_factory, builder, examples):
+def test_sft_steps_lower_ce_and_kl(tiny_cfg_factory, builder, examples, make_sft):
     from ambig.model.load import load_model
 
     torch.manual_seed(0)
     model, _ = load_model(tiny_cfg_factory(lora=True))
-    sft = SFTStrategy(
-        model,
-        builder,
-        optim={"lr": 1e-2, "weight_decay": 0.0, "betas": [0.9, 0.999], "warmup_ratio": 0.0},
-        decoding={"max_new_tokens": 8},
-        loss={"lambda_ce": 1, "lambda_kl": 1, "ce_answer_word": False, "name": "ambiguity"},
-        name="sft",
-    )
+    sft = make_sft(model, builder, lr=1e-2)
     batch = builder(examples[:2])
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     params = [p for p in model.parameters() if p.requires_grad]
@@ -48,18 +39,13 @@ def test_sft_steps_lower_ce_and_kl(tiny_cfg_factory, builder, examples):
             assert torch.equal(p, frozen[name]), name
 
 
-def test_fit_puts_the_whole_model_in_training_mode(tiny_cfg_factory, builder):
+def test_fit_puts_the_whole_model_in_training_mode(tiny_cfg_factory, builder, make_sft):
     from ambig.model.load import load_model
 
     model, _ = load_model(tiny_cfg_factory(lora=True))
-    sft = SFTStrategy(
-        model,
-        builder,
-        optim={"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "warmup_ratio": 0.0},
-        decoding={"max_new_tokens": 8},
-        loss={"lambda_ce": 1, "lambda_kl": 1, "ce_answer_word": False, "name": "ambiguity"},
-        name="sft",
+    sft = make_sft(model, builder, lr=1e-3)
+    assert not all(m.training for m in model.modules()), (
+        "from_pretrained hands the base model over in eval mode"
     )
-    assert not all(m.training for m in model.modules()), "from_pretrained hands the base model over in eval mode"
     sft.on_fit_start()
     assert all(m.training for m in model.modules())
