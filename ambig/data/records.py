@@ -101,3 +101,12 @@ def validate_soft_label(p: Sequence[float], classes: Sequence[str], id: str) -> 
             f"record {id!r}: distribution sums to {total}, not 1 (tolerance {SOFT_LABEL_TOLERANCE})"
         )
     return p
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An item left out of a corpus, and why (written to the run's skip report)."""
+
+    id: str
+    reason: str
+    path: str | None = None
