@@ -16,8 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ambig.data.datamodule import EmotionDataModule
-from ambig.data.folds import leave_one_unit_out
+from ambig.data.datamodule import EmotionDataModule, validated_split
+from ambig.data.features import FeatureStore
+from ambig.data.folds import make_split
+from ambig.data.skips import report_skips
 from ambig.loggers import build_logger, finish_logger
 from ambig.model.inputs import BatchBuilder
 from ambig.model.load import load_model
@@ -90,17 +92,25 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
 
     corpus = instantiate(cfg.dataset.corpus)
-    split = leave_one_unit_out(corpus.records(), cfg.fold, seed=cfg.seed, **cfg.dataset.folds)
-    log.info(
-        "fold %d: %d train / %d val / %d test utterances",
-        cfg.fold,
-        len(split.train),
-        len(split.val),
-        len(split.test),
-    )
+    split = make_split(corpus.records(), cfg.fold, seed=cfg.seed, **cfg.dataset.folds)
     resumed_from = resume_checkpoint(run_dir) if cfg.resume else None
 
     model, processor = load_model(cfg.model)
+    store = FeatureStore(
+        processor.feature_extractor,
+        sample_rate=cfg.model.sample_rate,
+        max_seconds=cfg.model.max_audio_seconds,
+        cache_dir=cfg.features.cache_dir if cfg.features.cache else None,
+    )
+    split, audio_skips, cut = validated_split(split, store)
+    report_skips(run_dir, list(getattr(corpus, "skipped", [])) + audio_skips, strict=cfg.dataset.strict)
+    if cut:
+        log.warning("%d clips are longer than %.0f s and were cut", cut, store.max_seconds)
+    log.info(
+        "fold %d: %d train / %d val / %d test utterances",
+        cfg.fold,
+        *map(len, (split.train, split.val, split.test)),
+    )
     builder = BatchBuilder(
         processor,
         corpus.classes,
@@ -111,11 +121,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     datamodule = EmotionDataModule(
         split,
         builder,
+        store,
         batch_size=cfg.batch_size,
         eval_batch_size=cfg.eval_batch_size,
         num_workers=cfg.num_workers,
-        sample_rate=cfg.model.sample_rate,
-        max_seconds=cfg.model.max_audio_seconds,
         seed=cfg.seed,
     )
     strategy = build_strategy(cfg, model, builder)

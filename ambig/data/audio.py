@@ -25,11 +25,12 @@ class AudioError(ValueError):
         super().__init__(f"audio file {self.path}: {reason}")
 
 
-def load_audio(path: str | Path, target_sr: int = 16000, max_seconds: float = 30.0) -> np.ndarray:
+def load_audio(path: str | Path, target_sr: int = 16000, max_seconds: float | None = 30.0) -> np.ndarray:
     """Read ``path`` as mono float32 at ``target_sr``, keeping at most ``max_seconds``.
 
     Multichannel audio is averaged over channels; other rates are resampled with soxr. Clips longer than
-    ``max_seconds`` are cut (with a warning) because the audio encoder has a fixed maximum context.
+    ``max_seconds`` are cut (with a warning) because the audio encoder has a fixed maximum context;
+    ``max_seconds=None`` keeps the whole clip.
     """
     path = Path(path)
     if not path.is_file():
@@ -50,7 +51,7 @@ def load_audio(path: str | Path, target_sr: int = 16000, max_seconds: float = 30
         wav = np.where(finite, wav, 0.0).astype(np.float32)
     if sr != target_sr:
         wav = soxr.resample(wav, sr, target_sr).astype(np.float32, copy=False)
-    limit = int(round(max_seconds * target_sr))
+    limit = wav.shape[0] if max_seconds is None else int(round(max_seconds * target_sr))
     if wav.shape[0] > limit:
         log.warning("%s: %.1f s clip cut to %.1f s", path, wav.shape[0] / target_sr, max_seconds)
         wav = wav[:limit]

@@ -8,26 +8,50 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ambig.data.audio import load_audio
+from ambig.data.audio import AudioError
+from ambig.data.features import FeatureStore
 from ambig.data.folds import FoldSplit
-from ambig.data.records import Record
+from ambig.data.records import Record, Skip
 from ambig.model.inputs import BatchBuilder, Example
 
 
-class EmotionDataset(Dataset):
-    """Records -> `Example` (record + 16 kHz mono audio)."""
+def validate_audio(records: Sequence[Record], store: FeatureStore) -> tuple[list[Record], list[Skip], int]:
+    """(usable records, skipped ones with reasons, clips cut to the window): every clip is read once here,
+    before training, so a bad file never stops a run halfway; with a cache this also fills it."""
+    kept, skips, cut = [], [], 0
+    for record in records:
+        try:
+            features = store.get(record.audio_path)
+        except AudioError as err:
+            skips.append(Skip(record.id, err.reason, err.path))
+            continue
+        cut += features.cut
+        kept.append(record)
+    return kept, skips, cut
 
-    def __init__(self, records: Sequence[Record], sample_rate: int, max_seconds: float):
+
+def validated_split(split: FoldSplit, store: FeatureStore) -> tuple[FoldSplit, list[Skip], int]:
+    parts, skips, cut = {}, [], 0
+    for name in ("train", "val", "test"):
+        parts[name], part_skips, part_cut = validate_audio(getattr(split, name), store)
+        skips += part_skips
+        cut += part_cut
+    return FoldSplit(**parts), skips, cut
+
+
+class EmotionDataset(Dataset):
+    """Records -> `Example` (record + its log-mel features)."""
+
+    def __init__(self, records: Sequence[Record], store: FeatureStore):
         self.records = list(records)
-        self.sample_rate = sample_rate
-        self.max_seconds = max_seconds
+        self.store = store
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> Example:
         record = self.records[i]
-        return Example(record, load_audio(record.audio_path, self.sample_rate, self.max_seconds))
+        return Example(record, features=self.store.get(record.audio_path))
 
 
 class EmotionDataModule(pl.LightningDataModule):
@@ -35,12 +59,11 @@ class EmotionDataModule(pl.LightningDataModule):
         self,
         split: FoldSplit,
         builder: BatchBuilder,
+        store: FeatureStore,
         *,
         batch_size: int,
         eval_batch_size: int,
         num_workers: int = 0,
-        sample_rate: int = 16000,
-        max_seconds: float = 30.0,
         seed: int = 0,
     ):
         super().__init__()
@@ -49,14 +72,13 @@ class EmotionDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
-        self.sample_rate = sample_rate
-        self.max_seconds = max_seconds
+        self.store = store
         self.seed = seed
 
     def _loader(self, records: Sequence[Record], *, train: bool) -> DataLoader:
         """Training batches are shuffled (seeded) and carry targets; evaluation batches need neither."""
         return DataLoader(
-            EmotionDataset(records, self.sample_rate, self.max_seconds),
+            EmotionDataset(records, self.store),
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             collate_fn=self.builder if train else self.builder.for_evaluation(),

@@ -61,3 +61,25 @@ def leave_one_unit_out(
         val=[r for r in rest if getattr(r, val_unit) in val_units],
         test=[r for r in records if getattr(r, unit) == test_unit],
     )
+
+
+def fixed_split(records: Sequence[Record]) -> FoldSplit:
+    """A split given by the corpus itself: session "test" tests, "dev" validates, the rest trains."""
+    test = [r for r in records if r.session == "test"]
+    val = [r for r in records if r.session == "dev"]
+    if not test or not val:
+        raise ValueError(
+            "a fixed split needs records whose session is 'test' and others whose session is 'dev'"
+        )
+    return FoldSplit(train=[r for r in records if r.session not in ("test", "dev")], val=val, test=test)
+
+
+def make_split(
+    records: Sequence[Record], fold: int, *, method: str = "leave_one_unit_out", seed: int = 0, **options
+) -> FoldSplit:
+    """The split a dataset config asks for (`dataset.folds.method`)."""
+    if method == "leave_one_unit_out":
+        return leave_one_unit_out(records, fold, seed=seed, **options)
+    if method == "fixed":
+        return fixed_split(records)
+    raise ValueError(f"unknown fold method {method!r}; expected leave_one_unit_out or fixed")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ambig.data.features import Features, extract
 from ambig.data.records import Record
 from ambig.metrics import validate_distributions
 from ambig.model import prompt
@@ -40,10 +41,16 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Example:
-    """One utterance ready for batching (what a dataset item yields)."""
+    """One utterance ready for batching: its record and its audio, as a waveform or as features."""
 
     record: Record
-    audio: np.ndarray
+    audio: np.ndarray | None = None
+    features: Features | None = None
+
+
+def audio_token_count(n_frames: int) -> int:
+    """Audio tokens the encoder emits for `n_frames` mel frames (as the processor counts them)."""
+    return (((n_frames - 1) // 2 + 1) - 2) // 2 + 1
 
 
 class BatchBuilder:
@@ -71,15 +78,31 @@ class BatchBuilder:
         self.pad_id = self.tokenizer.pad_token_id
         self.newline_ids = self.tokenizer("\n", add_special_tokens=False).input_ids
 
-    def encode_prompts(self, transcripts: Sequence[str | None], audios: Sequence[np.ndarray]):
-        """Prompt ids per row (audio placeholder expanded) and the audio features, via the processor."""
-        texts = [prompt.chat_prompt(self.classes, t, self.cot) for t in transcripts]
-        enc = self.processor(
-            text=texts, audio=list(audios), sampling_rate=self.sample_rate, padding=True, return_tensors="pt"
-        )
-        pairs = zip(enc["input_ids"], enc["attention_mask"], strict=True)
-        rows = [ids[mask.bool()].tolist() for ids, mask in pairs]
-        return rows, enc["input_features"], enc["feature_attention_mask"]
+    def features_of(self, example: Example) -> Features:
+        if example.features is not None:
+            return example.features
+        if example.audio is None:
+            raise ValueError(f"utterance {example.record.id}: the example carries neither audio nor features")
+        return extract(self.processor.feature_extractor, example.audio, self.sample_rate)
+
+    def prompt_ids(self, transcript: str | None, n_frames: int) -> list[int]:
+        """The chat prompt's ids with the audio placeholder expanded to one token per audio frame."""
+        token = self.processor.audio_token
+        text = prompt.chat_prompt(self.classes, transcript, self.cot)
+        text = text.replace(token, token * audio_token_count(n_frames), 1)
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def encode_prompts(self, examples: Sequence[Example]):
+        """Prompt ids per row and the batch's audio features (B, n_mels, frames) and mask (B, frames)."""
+        feats = [self.features_of(e) for e in examples]
+        rows = [
+            self.prompt_ids(e.record.transcript, f.n_frames) for e, f in zip(examples, feats, strict=True)
+        ]
+        mel = torch.from_numpy(np.stack([f.mel for f in feats]))
+        mask = torch.zeros((len(feats), mel.shape[-1]), dtype=torch.long)
+        for i, f in enumerate(feats):
+            mask[i, : f.n_frames] = 1
+        return rows, mel, mask
 
     def target_pieces(self, record: Record) -> tuple[list[int], int]:
         """(ids up to and including the answer prefix, the majority class's answer token)."""
@@ -104,9 +127,7 @@ class BatchBuilder:
 
     def __call__(self, examples: Sequence[Example]) -> dict:
         records = [e.record for e in examples]
-        prompt_rows, features, feature_mask = self.encode_prompts(
-            [r.transcript for r in records], [e.audio for e in examples]
-        )
+        prompt_rows, features, feature_mask = self.encode_prompts(examples)
         p = torch.tensor([r.soft_label for r in records], dtype=torch.float32)
         try:
             validate_distributions(p)

@@ -153,3 +153,20 @@ def test_evaluation_batches_need_no_cot_and_carry_no_targets(builder, examples):
     assert "labels" not in batch and "answer_index" not in batch
     assert batch["prompt_ids"].shape[0] == 2 and batch["p"].shape == (2, 4)
     assert builder.targets, "for_evaluation leaves the training builder unchanged"
+
+
+def test_prompt_and_features_equal_the_processors_own(builder, examples, tiny_base):
+    """The batch builder expands the audio placeholder itself (so cached features need no processor call)."""
+    from ambig.data.features import extract
+    from ambig.model import prompt
+
+    _, processor = tiny_base
+    for ex in examples[:3]:
+        text = prompt.chat_prompt(CLASSES, ex.record.transcript, True)
+        ref = processor(text=[text], audio=[ex.audio], sampling_rate=16000, return_tensors="pt")
+        features = extract(processor.feature_extractor, ex.audio, 16000)
+        assert builder.prompt_ids(ex.record.transcript, features.n_frames) == ref["input_ids"][0].tolist()
+        np.testing.assert_array_equal(features.mel, ref["input_features"][0].numpy())
+        assert features.n_frames == int(ref["feature_attention_mask"][0].sum())
+        batch = builder.for_evaluation()([Example(ex.record, features=features)])
+        torch.testing.assert_close(batch["feature_attention_mask"][0], ref["feature_attention_mask"][0].long())
