@@ -29,8 +29,11 @@ def format_table(metrics: dict) -> str:
         f"{k.upper() if k != 'accuracy' else 'Acc'} {ARROWS[METRIC_DIRECTIONS[k]]}".rjust(8) for k in COLUMNS
     )
     row = "  ".join(f"{metrics[k]:8.4f}" for k in COLUMNS)
+    data = metrics["dataset"]
+    if metrics.get("test_dataset", data) != data:
+        data = f"{data} -> {metrics['test_dataset']}"
     title = (
-        f"{metrics['dataset']} / {metrics['strategy']} / fold {metrics['fold']} "
+        f"{data} / {metrics['strategy']} / fold {metrics['fold']} "
         f"(loss={metrics['loss']}, cot={metrics['cot']}, n={metrics['n']} test utterances)"
     )
     return f"{title}\n{head}\n{row}"

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ambig.data.datamodule import EmotionDataModule, validated_split
 from ambig.data.features import FeatureStore
-from ambig.data.folds import make_split
+from ambig.data.folds import FoldSplit, make_split
+from ambig.data.mapping import restrict_votes, shared_classes
 from ambig.data.skips import report_skips
 from ambig.loggers import build_logger, finish_logger
 from ambig.model.inputs import BatchBuilder
@@ -60,7 +61,16 @@ def resume_checkpoint(run_dir: Path) -> Path:
     return candidates[-1]
 
 
-def build_strategy(cfg: DictConfig, model, builder: BatchBuilder):
+def cross_corpus_test(test_cfg: DictConfig, split: FoldSplit, classes: tuple[str, ...]):
+    """Replace the fold's test set by every clip of another corpus, restricted to the shared classes."""
+    corpus = instantiate(test_cfg.corpus)
+    shared = shared_classes(classes, corpus.classes)
+    records, skips = restrict_votes(corpus.records(), corpus.classes, shared)
+    log.info("testing on %s: %d clips over the shared classes %s", test_cfg.name, len(records), list(shared))
+    return FoldSplit(split.train, split.val, records), shared, list(getattr(corpus, "skipped", [])) + skips
+
+
+def build_strategy(cfg: DictConfig, model, builder: BatchBuilder, test_builder: BatchBuilder | None = None):
     cls = get_class(cfg.strategy._target_)
     extra = {
         k: v
@@ -78,6 +88,7 @@ def build_strategy(cfg: DictConfig, model, builder: BatchBuilder):
         decoding=OmegaConf.to_container(cfg.decoding, resolve=True),
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         name=cfg.strategy.name,
+        test_builder=test_builder,
         **extra,
     )
 
@@ -93,6 +104,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     corpus = instantiate(cfg.dataset.corpus)
     split = make_split(corpus.records(), cfg.fold, seed=cfg.seed, **cfg.dataset.folds)
+    skips = list(getattr(corpus, "skipped", []))
+    test_classes = corpus.classes
+    if cfg.get("test_dataset"):
+        split, test_classes, test_skips = cross_corpus_test(cfg.test_dataset, split, corpus.classes)
+        skips += test_skips
     resumed_from = resume_checkpoint(run_dir) if cfg.resume else None
 
     model, processor = load_model(cfg.model)
@@ -103,7 +119,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         cache_dir=cfg.features.cache_dir if cfg.features.cache else None,
     )
     split, audio_skips, cut = validated_split(split, store)
-    report_skips(run_dir, list(getattr(corpus, "skipped", [])) + audio_skips, strict=cfg.dataset.strict)
+    report_skips(run_dir, skips + audio_skips, strict=cfg.dataset.strict)
     if cut:
         log.warning("%d clips are longer than %.0f s and were cut", cut, store.max_seconds)
     log.info(
@@ -111,23 +127,28 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         cfg.fold,
         *map(len, (split.train, split.val, split.test)),
     )
-    builder = BatchBuilder(
-        processor,
-        corpus.classes,
-        cot=cfg.cot.enabled,
-        ce_answer_word=cfg.loss.ce_answer_word,
-        sample_rate=cfg.model.sample_rate,
+    builder, test_builder = (
+        BatchBuilder(
+            processor,
+            classes,
+            prompt_classes=corpus.classes,
+            cot=cfg.cot.enabled,
+            ce_answer_word=cfg.loss.ce_answer_word,
+            sample_rate=cfg.model.sample_rate,
+        )
+        for classes in (corpus.classes, test_classes)
     )
     datamodule = EmotionDataModule(
         split,
         builder,
         store,
+        test_builder=test_builder,
         batch_size=cfg.batch_size,
         eval_batch_size=cfg.eval_batch_size,
         num_workers=cfg.num_workers,
         seed=cfg.seed,
     )
-    strategy = build_strategy(cfg, model, builder)
+    strategy = build_strategy(cfg, model, builder, test_builder)
 
     checkpoint = pl.callbacks.ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -156,13 +177,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         **strategy.test_results,
         "n": int(strategy.test_results["n"]),
         "dataset": cfg.dataset.name,
+        "test_dataset": cfg.test_dataset.name if cfg.get("test_dataset") else cfg.dataset.name,
         "strategy": cfg.strategy.name,
         "model": cfg.model.name,
         "loss": cfg.loss.name,
         "cot": cfg.cot.name,
         "fold": cfg.fold,
         "seed": cfg.seed,
-        "classes": list(corpus.classes),
+        "classes": list(test_classes),
         "best_checkpoint": best,
         "resumed_from": str(resumed_from) if resumed_from else None,
     }

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
-from ambig.data.folds import FoldSplit
+from ambig.data.folds import FIXED_SPLITS as SPLITS
 from ambig.data.records import Record, Skip
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ VOTES_TABLE = "processedResults/tabulatedVotes.csv"
 DEMOGRAPHICS_TABLE = "VideoDemographics.csv"
 TABLES = (VOTES_TABLE, DEMOGRAPHICS_TABLE)
 AUDIO_DIR = "AudioWAV"
-SPLITS = ("train", "dev", "test")
 
 # Known bad clips from the upstream README. The four below were shown to raters as broken MP3/FLV files
 # ("they are most likely what the raters heard"): silent, zero-length, or a one-minute file holding every
@@ -278,18 +277,6 @@ def read_split_file(path: str | Path) -> dict[str, str]:
             )
         splits[actor] = split
     return splits
-
-
-def fixed_split(records: Sequence[Record]) -> FoldSplit:
-    """The train/dev/test split of records built with ``split_file`` (session = train, dev or test)."""
-    unknown = {r.session for r in records} - set(SPLITS)
-    if unknown:
-        raise ValueError(f"records are not from a split file: sessions {sorted(unknown)} not in {SPLITS}")
-    return FoldSplit(
-        train=[r for r in records if r.session == "train"],
-        val=[r for r in records if r.session == "dev"],
-        test=[r for r in records if r.session == "test"],
-    )
 
 
 def _audio_problem(entry: os.DirEntry | None) -> str | None:

@@ -65,23 +65,28 @@ class EmotionDataModule(pl.LightningDataModule):
         eval_batch_size: int,
         num_workers: int = 0,
         seed: int = 0,
+        test_builder: BatchBuilder | None = None,
     ):
         super().__init__()
         self.split = split
         self.builder = builder
+        self.test_builder = test_builder or builder
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.store = store
         self.seed = seed
 
-    def _loader(self, records: Sequence[Record], *, train: bool) -> DataLoader:
+    def _loader(
+        self, records: Sequence[Record], *, train: bool, builder: BatchBuilder | None = None
+    ) -> DataLoader:
         """Training batches are shuffled (seeded) and carry targets; evaluation batches need neither."""
+        builder = builder or self.builder
         return DataLoader(
             EmotionDataset(records, self.store),
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            collate_fn=self.builder if train else self.builder.for_evaluation(),
+            collate_fn=builder if train else builder.for_evaluation(),
             num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
         )
@@ -93,4 +98,4 @@ class EmotionDataModule(pl.LightningDataModule):
         return self._loader(self.split.val, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.split.test, train=False)
+        return self._loader(self.split.test, train=False, builder=self.test_builder)

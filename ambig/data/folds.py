@@ -14,6 +14,7 @@ from ambig.data.records import Record
 
 # Grouping attributes a split may be built on; both are speaker-disjoint in IEMOCAP and synthetic data.
 UNITS = ("session", "speaker")
+FIXED_SPLITS = ("train", "dev", "test")
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,17 @@ def leave_one_unit_out(
 
 
 def fixed_split(records: Sequence[Record]) -> FoldSplit:
-    """A split given by the corpus itself: session "test" tests, "dev" validates, the rest trains."""
-    test = [r for r in records if r.session == "test"]
-    val = [r for r in records if r.session == "dev"]
-    if not test or not val:
+    """A split given by the corpus itself (e.g. a CREMA-D split file): session is train, dev or test."""
+    unknown = {r.session for r in records} - set(FIXED_SPLITS)
+    if unknown:
         raise ValueError(
-            "a fixed split needs records whose session is 'test' and others whose session is 'dev'"
+            f"records are not from a split file: sessions {sorted(unknown)} not in {FIXED_SPLITS}"
         )
-    return FoldSplit(train=[r for r in records if r.session not in ("test", "dev")], val=val, test=test)
+    return FoldSplit(
+        train=[r for r in records if r.session == "train"],
+        val=[r for r in records if r.session == "dev"],
+        test=[r for r in records if r.session == "test"],
+    )
 
 
 def make_split(

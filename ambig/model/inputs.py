@@ -63,11 +63,20 @@ class BatchBuilder:
     """
 
     def __init__(
-        self, processor, classes: Sequence[str], *, cot: bool, ce_answer_word: bool, sample_rate: int
+        self,
+        processor,
+        classes: Sequence[str],
+        *,
+        cot: bool,
+        ce_answer_word: bool,
+        sample_rate: int,
+        prompt_classes: Sequence[str] | None = None,
     ):
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.classes = tuple(classes)
+        self.classes = tuple(classes)  # the read-out's classes: q is a distribution over these
+        # the classes the prompt offers: the training corpus's, also when testing on a corpus with fewer
+        self.prompt_classes = tuple(prompt_classes or classes)
         self.cot = cot
         self.ce_answer_word = ce_answer_word
         self.sample_rate = sample_rate
@@ -88,7 +97,7 @@ class BatchBuilder:
     def prompt_ids(self, transcript: str | None, n_frames: int) -> list[int]:
         """The chat prompt's ids with the audio placeholder expanded to one token per audio frame."""
         token = self.processor.audio_token
-        text = prompt.chat_prompt(self.classes, transcript, self.cot)
+        text = prompt.chat_prompt(self.prompt_classes, transcript, self.cot)
         text = text.replace(token, token * audio_token_count(n_frames), 1)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 

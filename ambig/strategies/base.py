@@ -34,17 +34,28 @@ class AmbigModule(pl.LightningModule):
 
     trains = True
 
-    def __init__(self, model, builder: BatchBuilder, *, optim: dict, decoding: dict, loss: dict, name: str):
+    def __init__(
+        self,
+        model,
+        builder: BatchBuilder,
+        *,
+        optim: dict,
+        decoding: dict,
+        loss: dict,
+        name: str,
+        test_builder: BatchBuilder | None = None,
+    ):
         super().__init__()
         self.model = model
         self.loss_cfg = dict(loss)
         self.builder = builder
+        # Testing on another corpus reads q over the classes it shares with the training corpus.
+        self.test_builder = test_builder or builder
         self.optim = dict(optim)
         self.decoding = dict(decoding)
         self.name = name
-        k = len(builder.classes)
-        self.val_metrics = DistributionMetrics(k)
-        self.test_metrics = DistributionMetrics(k)
+        self.val_metrics = DistributionMetrics(len(builder.classes))
+        self.test_metrics = DistributionMetrics(len(self.test_builder.classes))
         self.predictions: list[dict] = []
         # Checkpoints hold the trainable (LoRA) weights only; the frozen base is reloaded from its source.
         self.strict_loading = False
@@ -85,16 +96,16 @@ class AmbigModule(pl.LightningModule):
         return loss
 
     # ---- evaluation -------------------------------------------------------------------------------------
-    def predict_log_q(self, batch: dict):
+    def predict_log_q(self, batch: dict, builder: BatchBuilder):
         """Evaluation read-out: decode a trajectory (cot) or read right after the answer prefix (direct)."""
-        if self.builder.cot:
-            out = decode(self.model, batch, self.builder, max_new_tokens=self.decoding["max_new_tokens"])
+        if builder.cot:
+            out = decode(self.model, batch, builder, max_new_tokens=self.decoding["max_new_tokens"])
             return out.log_q, out.texts
         empty = [[] for _ in batch["ids"]]
-        return read_after(self.model, batch, self.builder, empty), [None] * len(empty)
+        return read_after(self.model, batch, builder, empty), [None] * len(empty)
 
-    def _evaluate(self, batch: dict, metrics: DistributionMetrics, keep: bool) -> None:
-        log_q, texts = self.predict_log_q(batch)
+    def _evaluate(self, batch: dict, builder: BatchBuilder, metrics: DistributionMetrics, keep: bool) -> None:
+        log_q, texts = self.predict_log_q(batch, builder)
         q = log_q.exp().float()
         q = q / q.sum(-1, keepdim=True)
         metrics.update(batch["p"].to(q.device), q)
@@ -105,7 +116,7 @@ class AmbigModule(pl.LightningModule):
                 )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, keep=False)
+        self._evaluate(batch, self.builder, self.val_metrics, keep=False)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)
@@ -114,7 +125,7 @@ class AmbigModule(pl.LightningModule):
         self.predictions = []
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, keep=True)
+        self._evaluate(batch, self.test_builder, self.test_metrics, keep=True)
 
     def on_test_epoch_end(self) -> None:
         self.test_results = {k: float(v) for k, v in self.test_metrics.compute().items()}

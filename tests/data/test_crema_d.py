@@ -17,11 +17,10 @@ from ambig.data.crema_d import (
     CremaDLayoutError,
     actor_groups,
     annotation_dir,
-    fixed_split,
     load_annotations,
     parse_name,
 )
-from ambig.data.folds import leave_one_unit_out
+from ambig.data.folds import fixed_split, leave_one_unit_out
 
 # Read by hand from processedResults/tabulatedVotes.csv (columns A D F H N S), in CLASSES order N H S A D F.
 VOICE_VOTES = {

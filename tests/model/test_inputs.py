@@ -169,4 +169,6 @@ def test_prompt_and_features_equal_the_processors_own(builder, examples, tiny_ba
         np.testing.assert_array_equal(features.mel, ref["input_features"][0].numpy())
         assert features.n_frames == int(ref["feature_attention_mask"][0].sum())
         batch = builder.for_evaluation()([Example(ex.record, features=features)])
-        torch.testing.assert_close(batch["feature_attention_mask"][0], ref["feature_attention_mask"][0].long())
+        torch.testing.assert_close(
+            batch["feature_attention_mask"][0], ref["feature_attention_mask"][0].long()
+        )
