@@ -2,6 +2,9 @@
 
     python -m ambig.bench [--fold 1] [--only train]
 
+`features`: log-mel feature extraction in clips/s over the synthetic corpus, cold (empty cache) and
+cached, for the tiny model's 4 s window and Qwen2-Audio's 30 s window.
+
 `train`: wall time of the default job (`python -m ambig.train`: SFT, tiny model, synthetic corpus, CPU) and
 its test JS against the untrained base model's JS on the same fold (the foundation's target: at most half).
 """
@@ -55,18 +58,52 @@ def bench_train(out: Path, fold: int) -> dict:
     }
 
 
+def bench_features(out: Path, n_clips: int = 300) -> dict:
+    from transformers import WhisperFeatureExtractor
+
+    from ambig.data.features import FeatureStore
+    from ambig.data.synthetic import SyntheticSpec, load_synthetic
+
+    records = load_synthetic(out / "data", SyntheticSpec(n_utterances=n_clips))
+    results = {}
+    for window in (4, 30):
+        extractor = WhisperFeatureExtractor(feature_size=128, chunk_length=window)
+        rates = {}
+        for label in ("cold", "cached"):
+            store = FeatureStore(extractor, sample_rate=16000, max_seconds=30, cache_dir=out / "features")
+            start = time.perf_counter()
+            for record in records:
+                store.get(record.audio_path)
+            rates[label] = len(records) / (time.perf_counter() - start)
+        results[f"{window}s"] = {**rates, "speedup": rates["cached"] / rates["cold"], "clips": len(records)}
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--fold", type=int, default=1)
-    parser.add_argument("--only", choices=["train"], default=None)
+    parser.add_argument("--only", choices=["features", "train"], default=None)
     args = parser.parse_args()
     out = Path("runs/bench") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=False)
-    results = {"train": bench_train(out, args.fold)}
+    results = {}
+    if args.only in (None, "features"):
+        results["features"] = bench_features(out)
+        for window, r in results["features"].items():
+            print(
+                f"feature extraction, {window} window, {r['clips']} clips: cold {r['cold']:.0f} clips/s, "
+                f"cached {r['cached']:.0f} clips/s ({r['speedup']:.1f}x)"
+            )
+    if args.only in (None, "train"):
+        results["train"] = bench_train(out, args.fold)
+        print_train(results["train"])
     (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    t = results["train"]
+    print(f"written: {out / 'bench.json'}")
+
+
+def print_train(t: dict) -> None:
     print(f"default job (make train), fold {t['fold']}: {t['sft_wall_s']:.0f} s wall")
     print(
         f"  test JS  base (untrained) {t['base_js']:.4f}   SFT {t['sft_js']:.4f}   "
@@ -78,7 +115,6 @@ def main() -> None:
             f"  {name:5s} JS {m['js']:.4f}  BC {m['bc']:.4f}  R2 {m['r2']:.4f}  Brier {m['brier']:.4f}  "
             f"KL {m['kl']:.4f}  Acc {m['accuracy']:.4f}  n={m['n']}"
         )
-    print(f"written: {out / 'bench.json'}")
 
 
 if __name__ == "__main__":
