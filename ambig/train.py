@@ -33,8 +33,25 @@ class ConfigError(ValueError):
     """A configuration that composes but cannot work."""
 
 
+def missing_settings(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Keys left as `???` (interpolations that point at them are not counted twice)."""
+    out = []
+    for key in cfg:
+        if OmegaConf.is_missing(cfg, key):
+            out.append(f"{prefix}{key}")
+        elif not OmegaConf.is_interpolation(cfg, key) and isinstance(cfg._get_node(key), DictConfig):
+            out += missing_settings(cfg[key], f"{prefix}{key}.")
+    return out
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Refuse combinations that would train nothing or a meaningless objective."""
+    """Refuse missing settings and combinations that would train nothing or a meaningless objective."""
+    missing = missing_settings(cfg)
+    if missing:
+        raise ConfigError(
+            f"required settings are missing: {', '.join(missing)}; give them on the command line "
+            f"(e.g. dataset.root=/path/to/the/corpus)"
+        )
     loss = cfg.loss
     if min(loss.lambda_ce, loss.lambda_kl) < 0:
         raise ConfigError(

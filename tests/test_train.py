@@ -171,3 +171,11 @@ def test_multirun_writes_one_directory_per_job(env, tmp_path):
     assert jobs == ["0-synthetic-base-fold1", "1-synthetic-base-fold2"]
     folds = [json.loads((sweep / j / "metrics.json").read_text())["fold"] for j in jobs]
     assert folds == [1, 2]
+
+
+def test_a_missing_corpus_root_is_named_before_anything_runs(env, tmp_path):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["dataset=iemocap"])
+    with pytest.raises(ConfigError, match=r"missing: dataset\.root"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
