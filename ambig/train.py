@@ -7,6 +7,7 @@ python -m ambig.train -m fold=1,2,3,4,5                # a sweep, one run per fo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ambig.curation.template import PROMPT_VERSION, curate
 from ambig.data.datamodule import EmotionDataModule, validated_split
 from ambig.data.features import FeatureStore
 from ambig.data.folds import FoldSplit, make_split
@@ -87,6 +89,21 @@ def cross_corpus_test(test_cfg: DictConfig, split: FoldSplit, classes: tuple[str
     return FoldSplit(split.train, split.val, records), shared, list(getattr(corpus, "skipped", [])) + skips
 
 
+def with_cots(records: list, classes: tuple[str, ...], cfg: DictConfig) -> list:
+    """Training records with a CoT each: the corpus's own, else (cot.source=auto) the template curator's."""
+    missing = [r for r in records if not r.cot]
+    if not missing:
+        return records
+    if cfg.cot.source != "auto":
+        raise ConfigError(
+            f"cot=structured needs a CoT per training clip and {len(missing)} of {len(records)} have none "
+            f"(e.g. {missing[0].id}); use cot.source=auto (offline template curator) or cot=none"
+        )
+    log.info("writing template CoTs for %d training clips (offline curator %s)", len(missing), PROMPT_VERSION)
+    curated = {r.id: r for r in curate(missing, classes, sample_rate=cfg.model.sample_rate)}
+    return [curated.get(r.id, r) for r in records]
+
+
 def build_strategy(cfg: DictConfig, model, builder: BatchBuilder, test_builder: BatchBuilder | None = None):
     cls = get_class(cfg.strategy._target_)
     extra = {
@@ -136,6 +153,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         cache_dir=cfg.features.cache_dir if cfg.features.cache else None,
     )
     split, audio_skips, cut = validated_split(split, store)
+    if cfg.cot.enabled:
+        split = dataclasses.replace(split, train=with_cots(split.train, corpus.classes, cfg))
     report_skips(run_dir, skips + audio_skips, strict=cfg.dataset.strict)
     if cut:
         log.warning("%d clips are longer than %.0f s and were cut", cut, store.max_seconds)

@@ -23,7 +23,7 @@ from ambig.data.skips import DataError
 from ambig.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["experiment=quick", "cot=none", "logger=none", "trainer.enable_progress_bar=false"]
+QUICK = ["experiment=quick", "logger=none", "trainer.enable_progress_bar=false"]
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,20 @@ def test_iemocap_fold3_runs_and_reports_what_it_skipped(corpora, tmp_path):
         s for s in skips if s["id"] == MISSING_WAV
     ).items()
     assert any(s["reason"] == "no vote among the 4 classes" for s in skips)
+
+
+def test_training_clips_without_a_cot_get_the_template_curators(corpora, tmp_path):
+    from ambig.train import ConfigError
+
+    with pytest.raises(ConfigError, match="cot.source=auto"):
+        run(
+            make_cfg("dataset=iemocap", f"dataset.root={corpora['iemocap']}", "cot.source=corpus"),
+            tmp_path / "a",
+        )
+    metrics = run(
+        make_cfg("dataset=iemocap", f"dataset.root={corpora['iemocap']}", "cot=none"), tmp_path / "b"
+    )
+    assert metrics["cot"] == "none" and metrics["n"] > 0
 
 
 def test_strict_mode_turns_a_skip_into_an_error(corpora, tmp_path):
