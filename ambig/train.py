@@ -127,6 +127,27 @@ def build_strategy(cfg: DictConfig, model, builder: BatchBuilder, test_builder: 
     )
 
 
+def build_trainer(cfg: DictConfig, run_dir: Path, logger, trains: bool):
+    """The Lightning Trainer, keeping the best checkpoint by validation JS and the last one."""
+    checkpoint = pl.callbacks.ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        monitor="val/js",
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+        filename="best-epoch{epoch}-step{step}",
+        auto_insert_metric_name=False,
+    )
+    trainer = pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        default_root_dir=run_dir,
+        logger=logger,
+        callbacks=[checkpoint] if trains else [],
+        enable_checkpointing=trains,
+    )
+    return trainer, checkpoint
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Everything `python -m ambig.train` does, given a composed config and its run directory."""
     check_config(cfg)
@@ -153,7 +174,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         cache_dir=cfg.features.cache_dir if cfg.features.cache else None,
     )
     split, audio_skips, cut = validated_split(split, store)
-    if cfg.cot.enabled:
+    if cfg.cot.enabled and get_class(cfg.strategy._target_).trains:
         split = dataclasses.replace(split, train=with_cots(split.train, corpus.classes, cfg))
     report_skips(run_dir, skips + audio_skips, strict=cfg.dataset.strict)
     if cut:
@@ -186,23 +207,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     )
     strategy = build_strategy(cfg, model, builder, test_builder)
 
-    checkpoint = pl.callbacks.ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        monitor="val/js",
-        mode="min",
-        save_top_k=1,
-        save_last=True,
-        filename="best-epoch{epoch}-step{step}",
-        auto_insert_metric_name=False,
-    )
     logger = build_logger(cfg, run_dir)
-    trainer = pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer),
-        default_root_dir=run_dir,
-        logger=logger,
-        callbacks=[checkpoint] if strategy.trains else [],
-        enable_checkpointing=strategy.trains,
-    )
+    trainer, checkpoint = build_trainer(cfg, run_dir, logger, strategy.trains)
     best = None
     if strategy.trains:
         trainer.fit(strategy, datamodule=datamodule, ckpt_path=str(resumed_from) if resumed_from else None)
