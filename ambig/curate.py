@@ -3,7 +3,8 @@
 python -m ambig.curate dataset=synthetic curator=template            # offline, deterministic
 OPENAI_API_KEY=... python -m ambig.curate dataset=iemocap dataset.root=/data/IEMOCAP curator=openai
 python -m ambig.curate dataset=crema_d dataset.root=... curator=openai curator.mode=text \\
-    curator.base_url=http://localhost:8000/v1 curator.model=Qwen/Qwen2-Audio-7B-Instruct curator.api_key_env=null
+    curator.base_url=http://localhost:8000/v1 curator.model=Qwen/Qwen2-Audio-7B-Instruct \\
+    curator.api_key_env=null
 
 The file (``output``, default ``${paths.curation_dir}/<dataset>/cot.jsonl``) is append-only: a rerun skips
 clips already done with the same prompt version and model, so an interrupted run is simply started again.
@@ -77,12 +78,16 @@ def run(cfg: DictConfig) -> Summary:
             f"required settings are missing: {', '.join(missing)}; give them on the command line "
             f"(e.g. dataset.root=/path/to/the/corpus)"
         )
+    for name in ("httpx", "httpx2"):  # one INFO line per request would drown the progress bar
+        logging.getLogger(name).setLevel(logging.WARNING)
     curator = build_curator(cfg.curator)  # first: a missing API key stops the run before any work
     corpus = instantiate(cfg.dataset.corpus)
     records = select(corpus.records(), cfg)
     skipped = list(getattr(corpus, "skipped", []))
     if skipped:
-        log.warning("%d clips of %s are unusable and left out (e.g. %s)", len(skipped), cfg.dataset.name, skipped[0])
+        log.warning(
+            "%d clips of %s are unusable and left out (e.g. %s)", len(skipped), cfg.dataset.name, skipped[0]
+        )
     output = Path(cfg.output)
     store = CotStore(output)
     log.info(

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ambig.curation.template import PROMPT_VERSION, curate
+from ambig.curation.sources import training_cots
 from ambig.data.datamodule import EmotionDataModule, validated_split
 from ambig.data.features import FeatureStore
 from ambig.data.folds import FoldSplit, make_split
@@ -87,21 +87,6 @@ def cross_corpus_test(test_cfg: DictConfig, split: FoldSplit, classes: tuple[str
     records, skips = restrict_votes(corpus.records(), corpus.classes, shared)
     log.info("testing on %s: %d clips over the shared classes %s", test_cfg.name, len(records), list(shared))
     return FoldSplit(split.train, split.val, records), shared, list(getattr(corpus, "skipped", [])) + skips
-
-
-def with_cots(records: list, classes: tuple[str, ...], cfg: DictConfig) -> list:
-    """Training records with a CoT each: the corpus's own, else (cot.source=auto) the template curator's."""
-    missing = [r for r in records if not r.cot]
-    if not missing:
-        return records
-    if cfg.cot.source != "auto":
-        raise ConfigError(
-            f"cot=structured needs a CoT per training clip and {len(missing)} of {len(records)} have none "
-            f"(e.g. {missing[0].id}); use cot.source=auto (offline template curator) or cot=none"
-        )
-    log.info("writing template CoTs for %d training clips (offline curator %s)", len(missing), PROMPT_VERSION)
-    curated = {r.id: r for r in curate(missing, classes, sample_rate=cfg.model.sample_rate)}
-    return [curated.get(r.id, r) for r in records]
 
 
 def build_strategy(cfg: DictConfig, model, builder: BatchBuilder, test_builder: BatchBuilder | None = None):
@@ -175,7 +160,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     )
     split, audio_skips, cut = validated_split(split, store)
     if cfg.cot.enabled and get_class(cfg.strategy._target_).trains:
-        split = dataclasses.replace(split, train=with_cots(split.train, corpus.classes, cfg))
+        try:
+            train, cot_skips = training_cots(
+                split.train,
+                corpus.classes,
+                source=cfg.cot.source,
+                curation_file=Path(cfg.paths.curation_dir) / cfg.dataset.name / "cot.jsonl",
+                sample_rate=cfg.model.sample_rate,
+            )
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        split = dataclasses.replace(split, train=train)
+        audio_skips += cot_skips
     report_skips(run_dir, skips + audio_skips, strict=cfg.dataset.strict)
     if cut:
         log.warning("%d clips are longer than %.0f s and were cut", cut, store.max_seconds)

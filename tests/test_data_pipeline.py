@@ -208,3 +208,40 @@ def test_dataset_card_figures(corpora):
     assert sum(f["test"] for f in c["fold_sizes"].values()) == len(usable)
     assert c["skipped_by_reason"] == {"missing audio file": 1, "no vote among the 4 classes": 1}
     assert 0 < c["corpus_stats"]["dropped_vote_mass_share"] < 1
+
+
+def test_training_reads_cots_from_a_curation_file(corpora, tmp_path):
+    from ambig.curation.store import CotStore, make_entry
+    from ambig.data.folds import make_split
+    from ambig.data.iemocap import CLASSES, IEMOCAPCorpus
+    from ambig.model.prompt import format_cot
+
+    cfg = make_cfg(
+        "dataset=iemocap", f"dataset.root={corpora['iemocap']}", f"cot.source={tmp_path / 'cot.jsonl'}"
+    )
+    train = make_split(IEMOCAPCorpus(corpora["iemocap"]).records(), 1, seed=0, **cfg.dataset.folds).train
+    chosen, rejected = train[:-1], train[-1]
+    store = CotStore(tmp_path / "cot.jsonl")
+    for i, r in enumerate([*chosen, rejected]):
+        body = format_cot("loud", "words", f"voice {i}", "mostly angry (100%).")
+        verdict = "rejected" if r is rejected else "accepted"
+        store.append(
+            make_entry(
+                id=r.id,
+                trajectory=f"{body}\nAnswer: {r.majority(CLASSES)}",
+                classes=CLASSES,
+                verdict=verdict,
+                reason=None,
+                model="test",
+                curator="test",
+                prompt_version="v",
+                attempts=1,
+            )
+        )
+    cfg = make_cfg(
+        "dataset=iemocap", f"dataset.root={corpora['iemocap']}", f"cot.source={tmp_path / 'cot.jsonl'}"
+    )
+    run(cfg, tmp_path / "run")
+    skips = [json.loads(x) for x in (tmp_path / "run" / "skipped.jsonl").read_text().splitlines()]
+    no_cot = {s["id"] for s in skips if s["reason"].startswith("no accepted CoT")}
+    assert rejected.id in no_cot and not no_cot & {r.id for r in chosen}

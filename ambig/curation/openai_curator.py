@@ -27,7 +27,6 @@ import logging
 import os
 import random
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
@@ -71,7 +70,13 @@ class _Stopped(Exception):
 def encode_wav(wav: np.ndarray, sample_rate: int = 16000) -> str:
     """A mono float waveform as base64 of a 16-bit PCM WAV file."""
     buf = io.BytesIO()
-    sf.write(buf, np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+    sf.write(
+        buf,
+        np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0),
+        sample_rate,
+        format="WAV",
+        subtype="PCM_16",
+    )
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -200,8 +205,8 @@ class OpenAICurator:
     def request(self, messages: list[dict[str, Any]], max_tokens: int) -> tuple[str, dict[str, int]]:
         """(reply text, usage) for one chat completion, retrying transient failures."""
         for retry in range(self.max_retries + 1):
-            if self._stop.is_set():
-                raise _Stopped()
+            if retry and self._stop.is_set():
+                raise _Stopped()  # the run is stopping: no more waiting on a struggling server
             try:
                 response = self.client.chat.completions.create(
                     model=self.model,
@@ -241,7 +246,10 @@ class OpenAICurator:
     # One clip.
 
     def _audio_part(self, wav: np.ndarray) -> dict[str, Any]:
-        return {"type": "input_audio", "input_audio": {"data": encode_wav(wav, self.sample_rate), "format": "wav"}}
+        return {
+            "type": "input_audio",
+            "input_audio": {"data": encode_wav(wav, self.sample_rate), "format": "wav"},
+        }
 
     @staticmethod
     def _message(text: str, audio: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -287,6 +295,8 @@ class OpenAICurator:
         text = ""
         attempt = 0
         for attempt in range(1, self.max_attempts + 1):
+            if attempt > 1 and self._stop.is_set():
+                raise _Stopped()
             text, used = self.request(gen_messages, self.max_tokens)
             for k in usage:
                 usage[k] += used[k]
@@ -294,16 +304,21 @@ class OpenAICurator:
             if problems:
                 reasons.append(f"attempt {attempt}: format: {'; '.join(problems)}")
                 continue
-            val_prompt = self.validation.render(**values, audio_note=val_note, audio_check=check, trajectory=text)
+            val_prompt = self.validation.render(
+                **values, audio_note=val_note, audio_check=check, trajectory=text
+            )
             reply, used = self.request(
-                self._message(val_prompt, audio if self.validation_audio else None), self.validation_max_tokens
+                self._message(val_prompt, audio if self.validation_audio else None),
+                self.validation_max_tokens,
             )
             for k in usage:
                 usage[k] += used[k]
             verdict, why = parse_verdict(reply)
             if verdict == "yes":
                 return self._entry(record, text, classes, "accepted", None, attempt, usage)
-            said = f"validation said no: {why}" if verdict == "no" else f"unreadable validation reply {reply!r}"
+            said = (
+                f"validation said no: {why}" if verdict == "no" else f"unreadable validation reply {reply!r}"
+            )
             reasons.append(f"attempt {attempt}: {said}")
         return self._entry(record, text, classes, "rejected", " | ".join(reasons), attempt, usage)
 
@@ -336,7 +351,7 @@ class OpenAICurator:
         """Curate every record not yet done in ``store``, ``concurrency`` at a time, each entry written the
         moment it is finished. A clip whose audio cannot be read is reported as failed (nothing written,
         a rerun tries again); a ``CurationError`` or Ctrl-C stops the run: clips not started are left for
-        the rerun, clips in flight stop at their next request."""
+        the rerun; clips in flight finish and are written, unless they need a retry or another attempt."""
         return run_pool(self, records, load_audio, classes, store, progress=progress)
 
 
@@ -373,15 +388,21 @@ def run_pool(curator, records, load_audio, classes, store: CotStore, *, progress
         if stop.is_set():
             raise _Stopped()
         try:
-            wav = load_audio(record.audio_path)
-        except (AudioError, OSError) as exc:
-            with lock:
-                summary.failed.append((record.id, str(exc)))
-                log.warning("%s: %s (not written; a rerun tries again)", record.id, exc)
-                bar.update(1)
-                postfix()
-            return
-        entry = curator.curate_one(record, wav, classes)
+            try:
+                wav = load_audio(record.audio_path)
+            except (AudioError, OSError) as exc:
+                with lock:
+                    summary.failed.append((record.id, str(exc)))
+                    log.warning("%s: %s (not written; a rerun tries again)", record.id, exc)
+                    bar.update(1)
+                    postfix()
+                return
+            entry = curator.curate_one(record, wav, classes)
+        except _Stopped:
+            raise
+        except BaseException:
+            stop.set()  # before this worker can pick up the next clip
+            raise
         store.append(entry)
         with lock:
             summary.add(entry)

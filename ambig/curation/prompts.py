@@ -28,7 +28,16 @@ from ambig.curation.template import MINORITY_SHARE, _shares, percentages
 from ambig.data.records import Record
 
 PLACEHOLDERS = frozenset(
-    {"transcript", "classes", "distribution", "majority", "minorities", "audio_note", "audio_check", "trajectory"}
+    {
+        "transcript",
+        "classes",
+        "distribution",
+        "majority",
+        "minorities",
+        "audio_note",
+        "audio_check",
+        "trajectory",
+    }
 )
 GENERATION_PROMPT = "cot_generation_v1"
 VALIDATION_PROMPT = "cot_validation_v1"
@@ -62,10 +71,14 @@ def load_prompt(name: str | Path) -> Prompt:
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
     except ValueError as exc:
-        raise ValueError(f"prompt {path}: bad template ({exc}); write {{{{ and }}}} for literal braces") from exc
+        raise ValueError(
+            f"prompt {path}: bad template ({exc}); write {{{{ and }}}} for literal braces"
+        ) from exc
     unknown = fields - PLACEHOLDERS
     if unknown:
-        raise ValueError(f"prompt {path}: unknown placeholders {sorted(unknown)}; known: {sorted(PLACEHOLDERS)}")
+        raise ValueError(
+            f"prompt {path}: unknown placeholders {sorted(unknown)}; known: {sorted(PLACEHOLDERS)}"
+        )
     return Prompt(version=path.stem, text=text)
 
 

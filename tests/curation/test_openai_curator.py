@@ -81,7 +81,7 @@ def test_audio_mode_sends_audio_and_distribution(make, server, records, tmp_path
     assert summary.prompt_tokens == 12 * 50 and summary.completion_tokens == 12 * 20
     assert summary.cost == pytest.approx((600 * 2.5 + 240 * 10.0) / 1e6)
     for req in server.requests:
-        assert req["headers"]["Authorization"] == f"Bearer {KEY}"
+        assert req["headers"]["authorization"] == f"Bearer {KEY}"
         assert req["body"]["model"] == "test-audio-model" and req["body"]["max_tokens"] in (600, 100)
     generations = server.of_kind("generation")
     assert len(generations) == 6 and all(has_audio(b) for b in generations)
@@ -120,7 +120,9 @@ def test_text_mode_sends_features_not_audio(make, server, records, tmp_path):
 def test_rate_limits_and_server_errors_are_retried(make, server, records, tmp_path):
     curator, sleeps = make()
     server.faults.extend([429, 500, 429])
-    summary = curator.curate_many(records[:1], loader, CLASSES, CotStore(tmp_path / "cot.jsonl"), progress=False)
+    summary = curator.curate_many(
+        records[:1], loader, CLASSES, CotStore(tmp_path / "cot.jsonl"), progress=False
+    )
     assert summary.verdicts["accepted"] == 1
     assert len(server.requests) == 5  # three failures, then generation and validation
     assert len(sleeps) == 3
@@ -193,7 +195,8 @@ def test_malformed_and_refused_clips_are_rejected(make, server, records, tmp_pat
 
 def test_answer_must_be_the_majority(make, records):
     curator, _ = make()
-    text = "Keywords: a\nStep 1: Text Analysis - b\nStep 2: Audio Analysis - c\nStep 3: Synthesis - d\nAnswer: sad"
+    text = "Keywords: a\nStep 1: Text Analysis - b\nStep 2: Audio Analysis - c\nStep 3: Synthesis - d\n"
+    text += "Answer: sad"
     assert any("majority" in p for p in curator.format_problems(text, records[0], CLASSES))
     assert curator.format_problems(text.replace("sad", "neutral"), records[0], CLASSES) == []
     tie = records[5]  # neutral 3, happy 3, angry 4 -> angry only
@@ -203,7 +206,13 @@ def test_answer_must_be_the_majority(make, records):
 
 @pytest.mark.parametrize(
     "reply, verdict",
-    [("Yes.", "yes"), ("**NO** - it misses sad", "no"), ("yes, consistent", "yes"), ("Maybe", None), ("", None)],
+    [
+        ("Yes.", "yes"),
+        ("**NO** - it misses sad", "no"),
+        ("yes, consistent", "yes"),
+        ("Maybe", None),
+        ("", None),
+    ],
 )
 def test_parse_verdict(reply, verdict):
     assert parse_verdict(reply)[0] == verdict
@@ -224,7 +233,7 @@ def test_resume_after_a_killed_run_loses_and_repeats_nothing(make, server, recor
     with pytest.raises(KeyboardInterrupt):
         curator.curate_many(records, dying_loader, CLASSES, CotStore(path), progress=False)
     first = [json.loads(line)["id"] for line in path.read_text().splitlines()]
-    assert 1 <= len(first) <= 3 and len(set(first)) == len(first)
+    assert len(first) == 3 and len(set(first)) == 3  # the clips in flight were finished and written
     fresh, _ = make(concurrency=concurrency)
     summary = fresh.curate_many(records, loader, CLASSES, CotStore(path), progress=False)
     assert summary.skipped_done == len(first) and summary.written == len(records) - len(first)

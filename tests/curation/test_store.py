@@ -8,7 +8,14 @@ import threading
 
 import pytest
 
-from ambig.curation.store import CotStore, Summary, canonical_cot, load_cots, make_entry, trajectory_with_answer
+from ambig.curation.store import (
+    CotStore,
+    Summary,
+    canonical_cot,
+    load_cots,
+    make_entry,
+    trajectory_with_answer,
+)
 from ambig.model.prompt import format_cot, parse_cot
 
 CLASSES = ("neutral", "happy", "sad", "angry")
