@@ -7,6 +7,10 @@ cached, for the tiny model's 4 s window and Qwen2-Audio's 30 s window.
 
 `train`: wall time of the default job (`python -m ambig.train`: SFT, tiny model, synthetic corpus, CPU) and
 its test JS against the untrained base model's JS on the same fold (the foundation's target: at most half).
+
+`dpo`: time of one DPO training step (M rollouts per utterance, loss, backward, AdamW) on the tiny model with
+each utterance's audio features computed once and reused for its M rollouts, against a pipeline that runs the
+feature extractor again for every rollout; same weights, same seeds, so both do the same work otherwise.
 """
 
 from __future__ import annotations
@@ -79,12 +83,99 @@ def bench_features(out: Path, n_clips: int = 300) -> dict:
     return results
 
 
+def bench_dpo(
+    out: Path, batch_size: int = 4, rollouts: int = 4, steps: int = 5, max_new_tokens: int = 48
+) -> dict:
+    import numpy as np
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from ambig.data.audio import load_audio
+    from ambig.data.features import extract
+    from ambig.data.synthetic import CLASSES, SyntheticSpec, load_synthetic
+    from ambig.model.inputs import BatchBuilder, Example
+    from ambig.model.load import load_model
+    from ambig.rollout import decode, expand
+    from ambig.train import build_strategy
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    overrides = [
+        "strategy=dpo",
+        f"strategy.num_rollouts={rollouts}",
+        f"decoding.max_new_tokens={max_new_tokens}",
+    ]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    torch.manual_seed(cfg.seed)
+    model, processor = load_model(cfg.model)
+    extractor, rate = processor.feature_extractor, cfg.model.sample_rate
+    records = load_synthetic(out / "data", SyntheticSpec(n_utterances=batch_size))[:batch_size]
+    waves = {r.id: load_audio(r.audio_path, rate, cfg.model.max_audio_seconds) for r in records}
+    # The reused path gets each clip's features once, as the FeatureStore hands them to the batch builder.
+    examples = [Example(r, features=extract(extractor, waves[r.id], rate)) for r in records]
+    builder = BatchBuilder(
+        processor, CLASSES, cot=True, ce_answer_word=cfg.loss.ce_answer_word, sample_rate=rate
+    )
+    batch = builder(examples)
+    strategy = build_strategy(cfg, model, builder)
+    strategy.model.train()
+    start_state = {k: v.clone() for k, v in strategy.state_dict().items()}
+
+    @torch.no_grad()
+    def recomputing(batch: dict):
+        """Rollouts of a pipeline that extracts the features again from the waveform for every rollout."""
+        wide = expand(batch, strategy.num_rollouts)
+        feats = [extract(extractor, waves[uid], rate) for uid in wide["ids"]]
+        wide["input_features"] = torch.from_numpy(np.stack([f.mel for f in feats]))
+        mask = torch.zeros(wide["feature_attention_mask"].shape, dtype=torch.long)
+        for i, f in enumerate(feats):
+            mask[i, : f.n_frames] = 1
+        wide["feature_attention_mask"] = mask
+        strategy.model.eval()
+        try:
+            return decode(strategy.model, wide, builder, do_sample=True, **strategy.rollout)
+        finally:
+            strategy.model.train()
+
+    reused_sampler = strategy.sample_rollouts
+    results, losses = {}, {}
+    for label, sampler in (("reused", reused_sampler), ("recomputed", recomputing)):
+        strategy.load_state_dict(start_state)
+        strategy.sample_rollouts = sampler
+        opt = torch.optim.AdamW(
+            [p for p in strategy.parameters() if p.requires_grad], lr=strategy.optim["lr"]
+        )
+        times, losses[label] = [], []
+        for step in range(steps + 1):  # step 0 warms up
+            torch.manual_seed(cfg.seed + step)
+            start = time.perf_counter()
+            loss, _ = strategy.training_loss(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step:
+                times.append(time.perf_counter() - start)
+            losses[label].append(loss.item())
+        results[f"{label}_ms"] = 1000 * sum(times) / len(times)
+    strategy.sample_rollouts = reused_sampler
+    same = np.allclose(losses["reused"], losses["recomputed"], rtol=1e-4, atol=1e-5)
+    return {
+        "batch_size": batch_size,
+        "rollouts": rollouts,
+        "max_new_tokens": max_new_tokens,
+        "steps": steps,
+        **results,
+        "ratio": results["recomputed_ms"] / results["reused_ms"],
+        "same_losses": bool(same),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--fold", type=int, default=1)
-    parser.add_argument("--only", choices=["features", "train"], default=None)
+    parser.add_argument("--only", choices=["features", "train", "dpo"], default=None)
     args = parser.parse_args()
     out = Path("runs/bench") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=False)
@@ -99,8 +190,19 @@ def main() -> None:
     if args.only in (None, "train"):
         results["train"] = bench_train(out, args.fold)
         print_train(results["train"])
+    if args.only in (None, "dpo"):
+        results["dpo"] = bench_dpo(out)
+        print_dpo(results["dpo"])
     (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"written: {out / 'bench.json'}")
+
+
+def print_dpo(d: dict) -> None:
+    print(
+        f"DPO step (tiny, batch {d['batch_size']}, {d['rollouts']} rollouts, <= {d['max_new_tokens']} tokens "
+        f"each): features reused {d['reused_ms']:.0f} ms, recomputed per rollout "
+        f"{d['recomputed_ms']:.0f} ms, ratio {d['ratio']:.2f} (same losses both ways: {d['same_losses']})"
+    )
 
 
 def print_train(t: dict) -> None:

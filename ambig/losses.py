@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["NonFiniteLossError", "check_finite", "kl_divergence"]
+__all__ = ["NonFiniteLossError", "check_finite", "dpo_loss", "kl_divergence", "sequence_logps"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -27,6 +28,34 @@ def kl_divergence(p: Tensor, log_q: Tensor) -> Tensor:
     # Mask log_q before the product so neither the forward nor the backward sees 0 * -inf.
     safe_log_q = torch.where(positive, log_q, torch.zeros_like(log_q))
     return (torch.xlogy(p, p) - p * safe_log_q).sum(dim=-1)
+
+
+def dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float,
+) -> Tensor:
+    """Per-pair sigmoid DPO loss (TRL's `sigmoid`): ``-log sigmoid(beta * ((pc - rc) - (pr - rr)))``.
+
+    Each argument is a sequence log-probability per pair, shape ``(N,)``; returns ``(N,)``.
+    """
+    margin = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+    return -F.logsigmoid(beta * margin)
+
+
+def sequence_logps(logits: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+    """Sum of ``log pi(ids[t] | ids[<t])`` over the positions where ``mask`` is 1: ``(B, L, V) -> (B,)``.
+
+    ``logits``, ``ids`` and ``mask`` are aligned with the inputs (the logits at ``t`` predict ``ids[t+1]``),
+    so ``mask`` is 1 on the completion tokens themselves and 0 on prompt and padding.
+    """
+    target = ids[:, 1:]
+    keep = mask[:, 1:].bool()
+    logits = logits[:, :-1].float()
+    token = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    return torch.where(keep, token, torch.zeros_like(token)).sum(-1)
 
 
 def _describe(t: Tensor) -> str:

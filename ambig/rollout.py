@@ -31,6 +31,10 @@ def audio_kwargs(batch: dict) -> dict:
     }
 
 
+def audio_token_id(builder: BatchBuilder) -> int:
+    return builder.tokenizer.convert_tokens_to_ids(builder.processor.audio_token)
+
+
 def prompt_rows(batch: dict) -> list[list[int]]:
     return [ids[m.bool()].tolist() for ids, m in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)]
 
@@ -73,6 +77,9 @@ def decode(
         return_dict_in_generate=True,
         pad_token_id=builder.pad_id,
         eos_token_id=builder.end_id,
+        # A written audio placeholder would make every later forward over the trajectory (the read-out
+        # fallback, a loss) count one audio token more than the features fill, and fail.
+        suppress_tokens=[audio_token_id(builder)],
     )
     generated = out.sequences[:, batch["prompt_ids"].shape[1] :]
     steps = torch.stack(out.logits, dim=1)  # (B, T, V): step t predicts generated token t
@@ -100,6 +107,52 @@ def decode(
             log_q[b] = filled[i]
     texts = builder.tokenizer.batch_decode(tokens, skip_special_tokens=True)
     return Decoded(tokens, texts, torch.stack(log_q), torch.tensor(from_gen))
+
+
+# What a rollout needs: prompt, audio, human distribution (the teacher-forced keys are not copied).
+ROLLOUT_KEYS = ("p", "prompt_ids", "prompt_mask", "input_features", "feature_attention_mask")
+
+
+def expand(batch: dict, n: int) -> dict:
+    """Each utterance's prompt, audio features and p repeated `n` times, utterance-major (rows 0..n-1 are
+    utterance 0). The features are the batch's own: nothing is extracted again."""
+    out = {k: batch[k].repeat_interleave(n, dim=0) for k in ROLLOUT_KEYS if k in batch}
+    out["ids"] = [uid for uid in batch["ids"] for _ in range(n)]
+    return out
+
+
+def sample(
+    model,
+    batch: dict,
+    builder: BatchBuilder,
+    *,
+    n: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+) -> Decoded:
+    """`n` sampled trajectories per utterance in one batched `generate`, each with its read-out.
+
+    Rows are utterance-major: row `i * n + j` is utterance i's rollout j.
+    """
+    return decode(
+        model,
+        expand(batch, n),
+        builder,
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+    )
+
+
+def completions(decoded: Decoded, builder: BatchBuilder, max_new_tokens: int) -> list[list[int]]:
+    """Each rollout's tokens as a completion to score: with the end-of-turn token when it wrote one.
+
+    A row that stopped short of the budget ended with the end token (which `decode` trims); one that used
+    the whole budget was cut and gets none.
+    """
+    return [row + [builder.end_id] if len(row) < max_new_tokens else row for row in decoded.tokens]
 
 
 def _trim(row: list[int], builder: BatchBuilder) -> list[int]:

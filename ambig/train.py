@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ambig.checkpoints import load_init
 from ambig.curation.sources import training_cots
 from ambig.data.datamodule import EmotionDataModule, validated_split
 from ambig.data.features import FeatureStore
@@ -202,6 +203,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         seed=cfg.seed,
     )
     strategy = build_strategy(cfg, model, builder, test_builder)
+    initialised_from = load_init(strategy, cfg.init_from) if cfg.get("init_from") else None
 
     logger = build_logger(cfg, run_dir)
     trainer, checkpoint = build_trainer(cfg, run_dir, logger, strategy.trains)
@@ -225,6 +227,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "classes": list(test_classes),
         "best_checkpoint": best,
         "resumed_from": str(resumed_from) if resumed_from else None,
+        "initialised_from": str(initialised_from) if initialised_from else None,
     }
     write_results(run_dir, metrics, strategy.predictions)
     finish_logger(logger, metrics)

@@ -179,3 +179,35 @@ class BatchBuilder:
             "labels": labels,
             "answer_index": answer_index,
         }
+
+
+def completion_batch(builder: BatchBuilder, batch: dict, completions: Sequence[Sequence[int]]) -> dict:
+    """Teacher-forced rows `prompt + completion` for arbitrary completions (row i continues batch row i).
+
+    Keys: input_ids / attention_mask / position_ids (left-padded as everywhere), completion_mask (1 on the
+    completion's tokens only: prompt and padding are 0) and the batch's audio features, so the dict can be
+    fed to the model as it is.
+    """
+    from ambig.rollout import audio_token_id, prompt_rows  # rollout imports this module
+
+    heads = prompt_rows(batch)
+    if len(heads) != len(completions):
+        raise ValueError(f"{len(completions)} completions for a batch of {len(heads)} prompts")
+    audio = audio_token_id(builder)
+    if any(audio in tail for tail in completions):
+        raise ValueError(
+            "a completion holds the audio placeholder token: the audio features would not line up"
+        )
+    rows = [head + list(tail) for head, tail in zip(heads, completions, strict=True)]
+    input_ids, attention_mask = left_pad(rows, builder.pad_id)
+    marks = [[0] * len(head) + [1] * len(tail) for head, tail in zip(heads, completions, strict=True)]
+    completion_mask, _ = left_pad(marks, 0)
+    device = batch["prompt_ids"].device
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention_mask.to(device),
+        "position_ids": positions(attention_mask).to(device),
+        "completion_mask": completion_mask.to(device),
+        "input_features": batch["input_features"],
+        "feature_attention_mask": batch["feature_attention_mask"],
+    }
