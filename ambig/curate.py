@@ -22,6 +22,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ambig.config import require_settings
 from ambig.curation.openai_curator import CurationError, OpenAICurator
 from ambig.curation.store import CotStore, Summary
 from ambig.curation.template_curator import TemplateCurator
@@ -32,16 +33,6 @@ from ambig.data.records import Record
 log = logging.getLogger("ambig.curate")
 
 SPLITS = ("all", "train", "val", "test")
-
-
-def _missing(cfg: DictConfig, prefix: str = "") -> list[str]:
-    out = []
-    for key in cfg:
-        if OmegaConf.is_missing(cfg, key):
-            out.append(f"{prefix}{key}")
-        elif not OmegaConf.is_interpolation(cfg, key) and isinstance(cfg._get_node(key), DictConfig):
-            out += _missing(cfg[key], f"{prefix}{key}.")
-    return out
 
 
 def build_curator(cfg: DictConfig):
@@ -72,12 +63,7 @@ def select(records: Sequence[Record], cfg: DictConfig) -> list[Record]:
 
 def run(cfg: DictConfig) -> Summary:
     """Everything `python -m ambig.curate` does, given a composed config."""
-    missing = _missing(cfg)
-    if missing:
-        raise ValueError(
-            f"required settings are missing: {', '.join(missing)}; give them on the command line "
-            f"(e.g. dataset.root=/path/to/the/corpus)"
-        )
+    require_settings(cfg)
     for name in ("httpx", "httpx2"):  # one INFO line per request would drown the progress bar
         logging.getLogger(name).setLevel(logging.WARNING)
     curator = build_curator(cfg.curator)  # first: a missing API key stops the run before any work

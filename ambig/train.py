@@ -18,6 +18,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ambig.checkpoints import load_init
+from ambig.config import ConfigError, require_settings
 from ambig.curation.sources import training_cots
 from ambig.data.datamodule import EmotionDataModule, validated_split
 from ambig.data.features import FeatureStore
@@ -32,29 +33,9 @@ from ambig.results import format_table, write_results
 log = logging.getLogger("ambig.train")
 
 
-class ConfigError(ValueError):
-    """A configuration that composes but cannot work."""
-
-
-def missing_settings(cfg: DictConfig, prefix: str = "") -> list[str]:
-    """Keys left as `???` (interpolations that point at them are not counted twice)."""
-    out = []
-    for key in cfg:
-        if OmegaConf.is_missing(cfg, key):
-            out.append(f"{prefix}{key}")
-        elif not OmegaConf.is_interpolation(cfg, key) and isinstance(cfg._get_node(key), DictConfig):
-            out += missing_settings(cfg[key], f"{prefix}{key}.")
-    return out
-
-
 def check_config(cfg: DictConfig) -> None:
     """Refuse missing settings and combinations that would train nothing or a meaningless objective."""
-    missing = missing_settings(cfg)
-    if missing:
-        raise ConfigError(
-            f"required settings are missing: {', '.join(missing)}; give them on the command line "
-            f"(e.g. dataset.root=/path/to/the/corpus)"
-        )
+    require_settings(cfg)
     loss = cfg.loss
     if min(loss.lambda_ce, loss.lambda_kl) < 0:
         raise ConfigError(

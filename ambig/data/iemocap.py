@@ -1,7 +1,7 @@
 """IEMOCAP reader: the release's per-dialog label files reduced to ``Record``s with soft labels.
 
 IEMOCAP is licensed from USC SAIL, so nothing here ships data; the reader parses a local copy of
-``IEMOCAP_full_release`` laid out as in ``/work/shared/data/iemocap-format.md``:
+``IEMOCAP_full_release`` laid out as in ``docs/iemocap-format.md``:
 
 - ``Session<k>/dialog/EmoEvaluation/<dialog>.txt``: blocks of a tab-separated summary line
   (``[start - end]  utterance  code  [V, A, D]``) followed by categorical ``C-<rater>:`` lines and
@@ -193,7 +193,7 @@ def parse_transcription(text: str) -> dict[str, tuple[float, float, str]]:
 class IEMOCAPCorpus:
     """``dataset=iemocap``: the 4-class soft-label records of a local ``IEMOCAP_full_release`` copy.
 
-    Options (see ``/work/shared/data/iemocap-format.md`` section 6 for prior practice):
+    Options (see ``docs/iemocap-format.md`` section 6 for prior practice):
 
     - ``raters``: ``"external"`` counts ``C-E*`` lines only; ``"all"`` counts every ``C-<rater>`` line,
       including the actors' self-evaluations (``C-F1``/``C-M1``).
