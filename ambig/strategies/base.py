@@ -16,7 +16,7 @@ from ambig.losses import check_finite
 from ambig.metrics import DistributionMetrics
 from ambig.model.inputs import BatchBuilder
 from ambig.model.readout import readout_log
-from ambig.rollout import audio_kwargs, decode, read_after
+from ambig.rollout import Decoded, audio_kwargs, decode, read_after, sample
 
 
 def teacher_forced_logits(model, batch: dict) -> torch.Tensor:
@@ -94,6 +94,16 @@ class AmbigModule(pl.LightningModule):
         for key, value in parts.items():
             self.log(f"train/{key}", value, batch_size=bs)
         return loss
+
+    @torch.no_grad()
+    def policy_rollouts(self, batch: dict, n: int, **sampling) -> Decoded:
+        """n sampled rollouts per utterance from the current policy with dropout off, utterance-major."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return sample(self.model, batch, self.builder, n=n, **sampling)
+        finally:
+            self.model.train(was_training)
 
     # ---- evaluation -------------------------------------------------------------------------------------
     def predict_log_q(self, batch: dict, builder: BatchBuilder):

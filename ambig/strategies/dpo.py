@@ -17,7 +17,7 @@ from torch import Tensor
 from ambig.losses import dpo_loss, kl_divergence, sequence_logps
 from ambig.metrics import js_divergence
 from ambig.model.inputs import completion_batch
-from ambig.rollout import Decoded, completions, sample
+from ambig.rollout import Decoded, completions
 from ambig.strategies.base import AmbigModule, teacher_forced_logits
 
 NEGATIVES = ("worst", "all_above_tau")
@@ -94,12 +94,7 @@ class DPOStrategy(AmbigModule):
     @torch.no_grad()
     def sample_rollouts(self, batch: dict) -> Decoded:
         """M rollouts per utterance from the current policy (dropout off), utterance-major."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            return sample(self.model, batch, self.builder, n=self.num_rollouts, **self.rollout)
-        finally:
-            self.model.train(was_training)
+        return self.policy_rollouts(batch, self.num_rollouts, **self.rollout)
 
     def rollout_js(self, batch: dict, rollouts: Decoded) -> Tensor:
         """JS(p, q_j) per utterance and rollout, (B, M)."""

@@ -27,7 +27,7 @@ from torch import Tensor
 from ambig.losses import ADVANTAGE_SCALES, GRPO_LOSS_TYPES, group_advantages, grpo_loss
 from ambig.model.inputs import completion_batch
 from ambig.rewards import combined_reward, max_reward
-from ambig.rollout import Decoded, completions, expand, sample
+from ambig.rollout import Decoded, completions, expand
 from ambig.strategies.base import AmbigModule, teacher_forced_logits
 from ambig.strategies.dpo import target_mask
 
@@ -132,12 +132,7 @@ class GRPOStrategy(AmbigModule):
     @torch.no_grad()
     def sample_rollouts(self, batch: dict) -> Decoded:
         """G rollouts per utterance from the current policy (dropout off), utterance-major."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            return sample(self.model, batch, self.builder, n=self.num_generations, **self.rollout)
-        finally:
-            self.model.train(was_training)
+        return self.policy_rollouts(batch, self.num_generations, **self.rollout)
 
     def build_groups(self, batch: dict, decoded: Decoded) -> Rollouts:
         """Rewards, advantages and completion rows of the batch's groups, given its sampled rollouts."""
