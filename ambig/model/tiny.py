@@ -133,8 +133,11 @@ def build_tiny(out_dir: str | Path, spec: TinySpec) -> Path:
         ),
         audio_token_index=audio_id,
     )
-    torch.manual_seed(spec.seed)
-    model = Qwen2AudioForConditionalGeneration(config)
+    # A private RNG stream: building the model must not move the caller's global RNG, or whatever is
+    # initialised next (LoRA) would differ between a run that built the cache and one that found it.
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.seed)
+        model = Qwen2AudioForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     processor = Qwen2AudioProcessor(

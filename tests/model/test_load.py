@@ -101,3 +101,10 @@ def test_lora_regex_reaching_the_audio_tower_is_refused(tiny_cfg_factory):
     model, _ = load_model(tiny_cfg_factory(lora=False))
     with pytest.raises(ValueError, match="audio tower"):
         apply_lora(model, _lora_cfg(r".*\.(q_proj|v_proj)"))
+
+
+def test_building_the_tiny_model_leaves_the_global_rng_alone(tmp_path):
+    """Otherwise LoRA's random init would depend on whether this run built the cache or found it."""
+    state = torch.random.get_rng_state()
+    build_tiny(tmp_path / "tiny", TinySpec())
+    assert torch.equal(torch.random.get_rng_state(), state)
