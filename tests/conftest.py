@@ -106,6 +106,7 @@ def builder(tiny_base):
 
 
 AMBIGUITY_LOSS = {"name": "ambiguity", "lambda_ce": 1.0, "lambda_kl": 1.0, "ce_answer_word": False}
+ADAMW = {"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "warmup_ratio": 0.0}
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +115,7 @@ def make_sft():
     from ambig.strategies.sft import SFTStrategy
 
     def make(model, builder, lr: float = 1e-3):
-        optim = {"lr": lr, "weight_decay": 0.0, "betas": [0.9, 0.999], "warmup_ratio": 0.0}
+        optim = {**ADAMW, "lr": lr}
         return SFTStrategy(
             model, builder, optim=optim, decoding={"max_new_tokens": 8}, loss=AMBIGUITY_LOSS, name="sft"
         )

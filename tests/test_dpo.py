@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ADAMW, AMBIGUITY_LOSS
 from fixtures.crema_d_fixture import write_crema_d_fixture
 from fixtures.iemocap_fixture import write_iemocap_fixture
 from hydra import compose, initialize_config_dir
@@ -34,8 +35,7 @@ LORA_SAVE = {
     "target_modules": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
     "modules_to_save": ["embed_tokens", "lm_head", "multi_modal_projector"],  # as conf/model/tiny.yaml
 }
-OPTIM = {"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "warmup_ratio": 0.0}
-LOSS = {"name": "ambiguity", "lambda_ce": 1.0, "lambda_kl": 1.0, "ce_answer_word": False}
+OPTIM, LOSS = ADAMW, AMBIGUITY_LOSS
 
 
 def make_dpo(model, builder, **overrides):

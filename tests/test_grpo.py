@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import ADAMW, AMBIGUITY_LOSS
 from test_train import make_cfg
 
 from ambig.losses import sequence_logps
@@ -17,8 +18,7 @@ from ambig.rollout import completions, expand
 from ambig.strategies.grpo import GRPOStrategy, token_logps
 from ambig.train import run
 
-OPTIM = {"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "warmup_ratio": 0.0}
-LOSS = {"name": "ambiguity", "lambda_ce": 1.0, "lambda_kl": 1.0, "ce_answer_word": False}
+OPTIM, LOSS = ADAMW, AMBIGUITY_LOSS
 
 
 def make_grpo(model, builder, **overrides):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ADAMW, AMBIGUITY_LOSS
 from omegaconf import OmegaConf
 
 from ambig.loggers import build_logger, finish_logger, scrub
@@ -14,8 +15,7 @@ from ambig.losses import NonFiniteLossError
 from ambig.model.inputs import Example
 from ambig.strategies.sft import SFTStrategy
 
-LOSS = {"name": "ambiguity", "lambda_ce": 1.0, "lambda_kl": 1.0, "ce_answer_word": False}
-OPTIM = {"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "warmup_ratio": 0.03}
+LOSS, OPTIM = AMBIGUITY_LOSS, ADAMW
 
 
 class BadLabel:
