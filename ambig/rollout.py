@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ambig.model.audio_encoding import audio_inputs
 from ambig.model.inputs import BatchBuilder, left_pad, positions
 from ambig.model.readout import answer_position, readout_log
 
@@ -24,11 +25,29 @@ class Decoded:
     from_generation: torch.Tensor
 
 
-def audio_kwargs(batch: dict) -> dict:
+def generation_audio(batch: dict) -> dict:
+    """The audio arguments `generate` gets for a batch whose rows carry their own features."""
     return {
         "input_features": batch["input_features"],
         "feature_attention_mask": batch["feature_attention_mask"],
     }
+
+
+@torch.no_grad()
+def prefill(model, batch: dict, repeats: int = 1):
+    """The KV cache of every prompt but its last token (the audio included), each row repeated `repeats`
+    times (utterance-major), so a group's rollouts share one pass over their common prompt.
+
+    `generate` given this cache and the full prompts runs only the last prompt token and what follows.
+    """
+    ids, mask = batch["prompt_ids"][:, :-1], batch["prompt_mask"][:, :-1]
+    out = model(
+        **audio_inputs(model, ids, batch), attention_mask=mask, position_ids=positions(mask), use_cache=True
+    )
+    cache = out.past_key_values
+    if repeats > 1:
+        cache.batch_repeat_interleave(repeats)
+    return cache
 
 
 def audio_token_id(builder: BatchBuilder) -> int:
@@ -47,7 +66,7 @@ def read_after(model, batch: dict, builder: BatchBuilder, continuations: list[li
     ids, mask = left_pad(rows, builder.pad_id)
     ids, mask = ids.to(batch["prompt_ids"].device), mask.to(batch["prompt_ids"].device)
     logits = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions(mask), **audio_kwargs(batch)
+        **audio_inputs(model, ids, batch), attention_mask=mask, position_ids=positions(mask)
     ).logits
     return readout_log(logits[:, -1], builder.class_ids)
 
@@ -62,12 +81,19 @@ def decode(
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    past_key_values=None,
 ) -> Decoded:
-    """One trajectory per row (greedy unless `do_sample`), then its read-out."""
+    """One trajectory per row (greedy unless `do_sample`), then its read-out.
+
+    `past_key_values`: a `prefill` cache of the prompts (the audio is in it, so none is passed again). A batch
+    holding encoded audio instead of features is always prefilled this way.
+    """
+    if past_key_values is None and "encoded_audio" in batch:
+        past_key_values = prefill(model, batch)
     out = model.generate(
         input_ids=batch["prompt_ids"],
         attention_mask=batch["prompt_mask"],
-        **audio_kwargs(batch),
+        **({"past_key_values": past_key_values} if past_key_values is not None else generation_audio(batch)),
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
         temperature=temperature if do_sample else None,
@@ -109,14 +135,19 @@ def decode(
     return Decoded(tokens, texts, torch.stack(log_q), torch.tensor(from_gen))
 
 
-# What a rollout needs: prompt, audio, human distribution (the teacher-forced keys are not copied).
-ROLLOUT_KEYS = ("p", "prompt_ids", "prompt_mask", "input_features", "feature_attention_mask")
+# What a rollout needs, per row: prompt, audio, human distribution (the teacher-forced keys are not copied).
+ROLLOUT_KEYS = ("p", "prompt_ids", "prompt_mask", "input_features", "feature_attention_mask", "clip_index")
 
 
 def expand(batch: dict, n: int) -> dict:
-    """Each utterance's prompt, audio features and p repeated `n` times, utterance-major (rows 0..n-1 are
-    utterance 0). The features are the batch's own: nothing is extracted again."""
+    """Each utterance's prompt, audio and p repeated `n` times, utterance-major (rows 0..n-1 are utterance 0).
+
+    The audio is the batch's own: features are repeated as they are (nothing is extracted again); encoded
+    audio is shared, the rows pointing at their clip through `clip_index`.
+    """
     out = {k: batch[k].repeat_interleave(n, dim=0) for k in ROLLOUT_KEYS if k in batch}
+    if "encoded_audio" in batch:
+        out["encoded_audio"] = batch["encoded_audio"]
     out["ids"] = [uid for uid in batch["ids"] for _ in range(n)]
     return out
 
@@ -130,10 +161,13 @@ def sample(
     max_new_tokens: int,
     temperature: float,
     top_p: float,
+    share_prompt: bool = True,
 ) -> Decoded:
     """`n` sampled trajectories per utterance in one batched `generate`, each with its read-out.
 
-    Rows are utterance-major: row `i * n + j` is utterance i's rollout j.
+    Rows are utterance-major: row `i * n + j` is utterance i's rollout j. With `share_prompt` the prompt
+    (audio included) is run once per utterance and its cache copied to the n rollouts; without, each rollout
+    row runs the whole prompt and the audio tower itself (the cost `make bench` compares).
     """
     return decode(
         model,
@@ -143,6 +177,7 @@ def sample(
         do_sample=True,
         temperature=temperature,
         top_p=top_p,
+        past_key_values=prefill(model, batch, repeats=n) if share_prompt else None,
     )
 
 

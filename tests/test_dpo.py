@@ -47,6 +47,7 @@ def make_dpo(model, builder, **overrides):
         "tau": 0.1,
         "negatives": "worst",
         "rollout": {"max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0},
+        "encode_once": True,
         **overrides,
     }
     return DPOStrategy(

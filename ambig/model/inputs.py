@@ -20,6 +20,8 @@ from ambig.model import prompt
 from ambig.model.readout import class_token_ids, prefix_token_ids
 
 IGNORE = -100
+# A batch's audio: its rows' own features, or (ambig.model.audio_encoding) its clips' encoding + row -> clip.
+AUDIO_KEYS = ("input_features", "feature_attention_mask", "encoded_audio", "clip_index")
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,8 +187,8 @@ def completion_batch(builder: BatchBuilder, batch: dict, completions: Sequence[S
     """Teacher-forced rows `prompt + completion` for arbitrary completions (row i continues batch row i).
 
     Keys: input_ids / attention_mask / position_ids (left-padded as everywhere), completion_mask (1 on the
-    completion's tokens only: prompt and padding are 0) and the batch's audio features, so the dict can be
-    fed to the model as it is.
+    completion's tokens only: prompt and padding are 0) and the batch's audio (features or encoded audio),
+    so the dict can be fed to the model as it is.
     """
     from ambig.rollout import audio_token_id, prompt_rows  # rollout imports this module
 
@@ -208,6 +210,5 @@ def completion_batch(builder: BatchBuilder, batch: dict, completions: Sequence[S
         "attention_mask": attention_mask.to(device),
         "position_ids": positions(attention_mask).to(device),
         "completion_mask": completion_mask.to(device),
-        "input_features": batch["input_features"],
-        "feature_attention_mask": batch["feature_attention_mask"],
+        **{k: batch[k] for k in AUDIO_KEYS if k in batch},
     }

@@ -14,18 +14,18 @@ import torch.nn.functional as F
 
 from ambig.losses import check_finite
 from ambig.metrics import DistributionMetrics
+from ambig.model.audio_encoding import audio_inputs, audio_tower_frozen, with_encoded_audio
 from ambig.model.inputs import BatchBuilder
 from ambig.model.readout import readout_log
-from ambig.rollout import Decoded, audio_kwargs, decode, read_after, sample
+from ambig.rollout import Decoded, decode, read_after, sample
 
 
 def teacher_forced_logits(model, batch: dict) -> torch.Tensor:
     """Logits (B, L, V) of prompt + teacher-forced target, with the audio."""
     return model(
-        input_ids=batch["input_ids"],
+        **audio_inputs(model, batch["input_ids"], batch),
         attention_mask=batch["attention_mask"],
         position_ids=batch["position_ids"],
-        **audio_kwargs(batch),
     ).logits
 
 
@@ -33,6 +33,10 @@ class AmbigModule(pl.LightningModule):
     """Model + read-out + metrics. `trains` says whether `fit` has anything to do."""
 
     trains = True
+    # Rollout strategies set this from their config (`encode_once`): see `shared_audio`.
+    encode_once = False
+    # How many optimizer steps each training batch serves in a row (the datamodule repeats it that often).
+    batch_repeats = 1
 
     def __init__(
         self,
@@ -95,13 +99,24 @@ class AmbigModule(pl.LightningModule):
             self.log(f"train/{key}", value, batch_size=bs)
         return loss
 
+    def shared_audio(self, batch: dict) -> dict:
+        """The batch a rollout step works on. With `encode_once` and a frozen audio tower, its features are
+        replaced by their encoding (ambig.model.audio_encoding): the tower then runs once per clip for the
+        whole step (sampling, policy, old policy and reference passes) instead of once per row and pass."""
+        if self.encode_once and audio_tower_frozen(self.model) and "input_features" in batch:
+            return with_encoded_audio(self.model, batch)
+        return batch
+
     @torch.no_grad()
     def policy_rollouts(self, batch: dict, n: int, **sampling) -> Decoded:
-        """n sampled rollouts per utterance from the current policy with dropout off, utterance-major."""
+        """n sampled rollouts per utterance from the current policy with dropout off, utterance-major.
+
+        With `encode_once` the prompt is run once per utterance and its cache shared by the n rollouts.
+        """
         was_training = self.model.training
         self.model.eval()
         try:
-            return sample(self.model, batch, self.builder, n=n, **sampling)
+            return sample(self.model, batch, self.builder, n=n, share_prompt=self.encode_once, **sampling)
         finally:
             self.model.train(was_training)
 

@@ -45,9 +45,12 @@ def target_mask(batch: dict) -> Tensor:
 
 
 def rows_of(batch: dict, index: list[int]) -> dict:
-    """The batch's rows `index` (repeats allowed), tensors only."""
+    """The batch's rows `index` (repeats allowed): its tensors, and its encoded audio (shared by all rows)."""
     at = torch.as_tensor(index, dtype=torch.long)
-    return {k: v[at.to(v.device)] for k, v in batch.items() if torch.is_tensor(v)}
+    rows = {k: v[at.to(v.device)] for k, v in batch.items() if torch.is_tensor(v)}
+    if "encoded_audio" in batch:
+        rows["encoded_audio"] = batch["encoded_audio"]
+    return rows
 
 
 class DPOStrategy(AmbigModule):
@@ -63,9 +66,11 @@ class DPOStrategy(AmbigModule):
         tau: float,
         negatives: str,
         rollout: dict,
+        encode_once: bool,
         **kwargs,
     ):
         super().__init__(model, builder, **kwargs)
+        self.encode_once = bool(encode_once)
         if not hasattr(model, "disable_adapter"):
             raise ValueError(
                 "strategy=dpo needs a LoRA model (model.lora set): its reference policy is the same model "
@@ -122,6 +127,7 @@ class DPOStrategy(AmbigModule):
 
     # ---- loss -------------------------------------------------------------------------------------------
     def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        batch = self.shared_audio(batch)
         rollouts = self.sample_rollouts(batch)
         return self.preference_loss(batch, rollouts, self.rollout_js(batch, rollouts))
 
