@@ -173,6 +173,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         )
         for classes in (corpus.classes, test_classes)
     )
+    strategy = build_strategy(cfg, model, builder, test_builder)
     datamodule = EmotionDataModule(
         split,
         builder,
@@ -182,8 +183,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         eval_batch_size=cfg.eval_batch_size,
         num_workers=cfg.num_workers,
         seed=cfg.seed,
+        train_repeats=strategy.batch_repeats,
     )
-    strategy = build_strategy(cfg, model, builder, test_builder)
     initialised_from = load_init(strategy, cfg.init_from) if cfg.get("init_from") else None
 
     logger = build_logger(cfg, run_dir)

@@ -34,6 +34,7 @@ def make_grpo(model, builder, **overrides):
         "w_fmt": 0.5,
         "include_gold": False,
         "rollout": {"max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0},
+        "encode_once": True,
         "max_completion_length": 8,
         **overrides,
     }
@@ -130,19 +131,41 @@ def test_rollout_rows_match_their_prompts(tiny_lora, builder, examples):
         assert key in groups.stats
 
 
-def test_mu_above_one_reuses_rollouts(tiny_cfg_factory, builder, examples):
+def test_mu_above_one_reuses_rollouts_for_the_repeated_batch(tiny_cfg_factory, builder, examples):
     torch.manual_seed(0)
     model = load_model(tiny_cfg_factory(lora=True))[0].train()
     strategy = make_grpo(model, builder, num_iterations=2)
+    assert strategy.batch_repeats == 2  # the datamodule yields each batch twice in a row
     first, second = builder(examples[:2]), builder(examples[2:4])
     torch.manual_seed(3)
     g1 = strategy.next_rollouts(first)
     assert g1.old_logps is not None
     strategy.grpo_objective(g1)
-    assert strategy.next_rollouts(second) is g1  # second use of the same rollouts
-    strategy.grpo_objective(g1)
-    g3 = strategy.next_rollouts(second)
-    assert g3 is not g1 and g3.ids == second["ids"]
+    assert strategy.next_rollouts(first) is g1  # the repeat: same rollouts, scored by the updated policy
+    _, parts = strategy.grpo_objective(g1)
+    assert parts["rollouts/reused"] == 1
+    g2 = strategy.next_rollouts(first)  # mu uses spent: a third arrival samples again
+    assert g2 is not g1
+    g3 = strategy.next_rollouts(second)  # another batch never gets the cached rollouts
+    assert g3 is not g2 and g3.ids == second["ids"]
+
+
+def test_mu_above_one_changes_the_policy_between_uses(tiny_cfg_factory, builder, examples):
+    """Second use of the rollouts: old log-probs stay those of sampling time, the ratio moves off 1."""
+    torch.manual_seed(0)
+    model = load_model(tiny_cfg_factory(lora=True))[0].eval()  # no dropout: ratio is exactly 1 at first
+    strategy = make_grpo(model, builder, num_iterations=2)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    torch.manual_seed(1)
+    groups = strategy.next_rollouts(builder(examples[:2]))
+    old = groups.old_logps.clone()
+    loss, parts = strategy.grpo_objective(groups)
+    torch.testing.assert_close(parts["ratio_mean"], torch.tensor(1.0))
+    loss.backward()
+    opt.step()
+    _, parts = strategy.grpo_objective(groups)
+    assert torch.equal(groups.old_logps, old)
+    assert abs(float(parts["ratio_mean"]) - 1.0) > 1e-6
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from ambig.data.audio import AudioError
 from ambig.data.features import FeatureStore
@@ -66,8 +66,12 @@ class EmotionDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         test_builder: BatchBuilder | None = None,
+        train_repeats: int = 1,
     ):
         super().__init__()
+        if int(train_repeats) < 1:
+            raise ValueError(f"train_repeats must be >= 1, got {train_repeats}")
+        self.train_repeats = int(train_repeats)
         self.split = split
         self.builder = builder
         self.test_builder = test_builder or builder
@@ -80,8 +84,25 @@ class EmotionDataModule(pl.LightningDataModule):
     def _loader(
         self, records: Sequence[Record], *, train: bool, builder: BatchBuilder | None = None
     ) -> DataLoader:
-        """Training batches are shuffled (seeded) and carry targets; evaluation batches need neither."""
+        """Training batches are shuffled (seeded) and carry targets; evaluation batches need neither.
+
+        With `train_repeats` = mu > 1 each training batch comes mu times in a row (GRPO's num_iterations:
+        one batch of rollouts serves mu optimizer steps, and every utterance is still sampled each epoch).
+        """
         builder = builder or self.builder
+        if train and self.train_repeats > 1:
+            # The same generator drives the shuffle as with `shuffle=True`, so the order equals mu = 1's.
+            dataset, generator = EmotionDataset(records, self.store), torch.Generator().manual_seed(self.seed)
+            shuffled = BatchSampler(
+                RandomSampler(dataset, generator=generator), self.batch_size, drop_last=False
+            )
+            return DataLoader(
+                dataset,
+                batch_sampler=RepeatedBatches(shuffled, self.train_repeats),
+                collate_fn=builder,
+                num_workers=self.num_workers,
+                generator=generator,
+            )
         return DataLoader(
             EmotionDataset(records, self.store),
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -99,3 +120,19 @@ class EmotionDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.split.test, train=False, builder=self.test_builder)
+
+
+class RepeatedBatches(Sampler[list[int]]):
+    """Each batch of `batches` yielded `repeats` times in a row (TRL's RepeatSampler, per batch)."""
+
+    def __init__(self, batches: BatchSampler, repeats: int):
+        self.batches = batches
+        self.repeats = repeats
+
+    def __iter__(self):
+        for batch in self.batches:
+            for _ in range(self.repeats):
+                yield batch
+
+    def __len__(self) -> int:
+        return len(self.batches) * self.repeats

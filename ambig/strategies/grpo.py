@@ -10,15 +10,14 @@ the group-normalised rewards; the loss is TRL's clipped surrogate with a k3 KL t
 model with its LoRA adapter switched off), per completion token, aggregated as `loss_type` says.
 
 num_iterations (mu): with mu == 1 the old policy is the current one (ratio 1, old log-probs = the policy's,
-detached). With mu > 1 the rollouts, their advantages and old log-probs (computed once, at sampling time) are
-kept in a one-entry cache and reused for mu consecutive optimizer steps, as TRL reuses a generation batch;
-the training batches that arrive while the cache is in use are not sampled from (their utterances are
-skipped this epoch), so with mu > 1 an epoch sees 1/mu of the training set.
+detached). With mu > 1 the datamodule yields each training batch mu times in a row (`batch_repeats`); the
+first time, its rollouts, advantages and old log-probs (computed at sampling time) are kept, and the next
+mu - 1 times the same rollouts are scored again by the updated policy, as TRL reuses a generation batch. Every
+utterance is still sampled once per epoch; an epoch has mu times as many optimizer steps.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -39,9 +38,6 @@ def token_logps(logits: Tensor, ids: Tensor) -> Tensor:
     """
     logits = logits[:, :-1].float()
     return logits.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,9 +73,11 @@ class GRPOStrategy(AmbigModule):
         include_gold: bool,
         rollout: dict,
         max_completion_length: int,
+        encode_once: bool,
         **kwargs,
     ):
         super().__init__(model, builder, **kwargs)
+        self.encode_once = bool(encode_once)
         if not hasattr(model, "disable_adapter"):
             raise ValueError(
                 f"strategy={kwargs.get('name', 'grpo')} needs a LoRA model (model.lora set): its reference "
@@ -110,14 +108,7 @@ class GRPOStrategy(AmbigModule):
         self.loss_type = loss_type
         self.scale_rewards = scale_rewards
         self.num_iterations = int(num_iterations)
-        if self.num_iterations > 1:
-            log.warning(
-                "num_iterations=%d: each rollout batch is reused for %d steps and the batches arriving "
-                "meanwhile are not sampled, so an epoch trains on 1/%d of the training set",
-                self.num_iterations,
-                self.num_iterations,
-                self.num_iterations,
-            )
+        self.batch_repeats = self.num_iterations
         self.w_dist = float(w_dist)
         self.w_fmt = float(w_fmt)
         self.max_completion_length = int(max_completion_length)
@@ -194,10 +185,11 @@ class GRPOStrategy(AmbigModule):
 
     # ---- loss -------------------------------------------------------------------------------------------
     def next_rollouts(self, batch: dict) -> Rollouts:
-        """Fresh groups for `batch`, or (mu > 1) the cached ones while they have uses left."""
+        """Fresh groups for `batch`, or (mu > 1) the ones sampled for it while they have uses left."""
         cache = self._cache
-        if cache is not None and cache.uses < self.num_iterations:
+        if cache is not None and cache.ids == list(batch["ids"]) and cache.uses < self.num_iterations:
             return cache
+        batch = self.shared_audio(batch)
         groups = self.build_groups(batch, self.sample_rollouts(batch))
         if self.num_iterations > 1:
             with torch.no_grad():
