@@ -121,3 +121,11 @@ def make_sft():
         )
 
     return make
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """tmp_path, with the run and cache directories of `ambig.train.run` inside it."""
+    monkeypatch.setenv("AMBIG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AMBIG_RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path

@@ -6,14 +6,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from conftest import ADAMW, AMBIGUITY_LOSS
-from fixtures.crema_d_fixture import write_crema_d_fixture
-from fixtures.iemocap_fixture import write_iemocap_fixture
-from hydra import compose, initialize_config_dir
+from fixtures.corpus_runs import fixture_cfg
 from test_train import make_cfg
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -25,8 +22,6 @@ from ambig.rollout import audio_token_id, completions, expand, sample
 from ambig.strategies.base import teacher_forced_logits
 from ambig.strategies.dpo import DPOStrategy, rows_of, select_negatives, target_mask
 from ambig.train import run
-
-ROOT = Path(__file__).resolve().parents[1]
 
 LORA_SAVE = {
     "r": 8,
@@ -250,13 +245,6 @@ def test_load_init_picks_best_then_last_and_loads_trainable_weights(tiny_cfg_fac
 # ---- whole runs ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("AMBIG_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("AMBIG_RUNS_DIR", str(tmp_path / "runs"))
-    return tmp_path
-
-
 def test_dpo_runs_end_to_end_on_the_synthetic_corpus(isolated):
     metrics = run(
         make_cfg("strategy=dpo", "strategy.num_rollouts=2", "decoding.max_new_tokens=8"), isolated / "run"
@@ -285,27 +273,7 @@ def test_dpo_starts_from_an_sft_run_with_init_from(isolated):
 
 @pytest.mark.parametrize("dataset", ["iemocap", "crema_d"])
 def test_dpo_runs_on_the_corpus_fixtures(isolated, dataset):
-    write = {"iemocap": write_iemocap_fixture, "crema_d": write_crema_d_fixture}[dataset]
-    root = write(isolated / dataset)
-    # test_train's FAST list is for the synthetic corpus; the quick experiment serves any corpus.
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "experiment=quick",
-                "logger=none",
-                "trainer.enable_progress_bar=false",
-                "trainer.limit_train_batches=1",
-                "batch_size=2",
-                "eval_batch_size=4",
-                "decoding.max_new_tokens=8",
-                "strategy=dpo",
-                "strategy.num_rollouts=2",
-                f"dataset={dataset}",
-                f"dataset.root={root}",
-                *(["dataset.folds.n_val=2"] if dataset == "crema_d" else []),  # the fixture has few actors
-            ],
-        )
+    cfg = fixture_cfg(isolated, dataset, "strategy=dpo", "strategy.num_rollouts=2")
     metrics = run(cfg, isolated / "run")
     assert metrics["dataset"] == dataset and metrics["strategy"] == "dpo" and metrics["n"] > 0
 

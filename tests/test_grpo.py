@@ -9,12 +9,15 @@ import json
 import pytest
 import torch
 from conftest import ADAMW, AMBIGUITY_LOSS
+from fixtures.corpus_runs import fixture_cfg
+from test_grpo_losses import ref_grpo
 from test_train import make_cfg
 
 from ambig.losses import sequence_logps
 from ambig.model.inputs import completion_batch
 from ambig.model.load import load_model
 from ambig.rollout import completions, expand
+from ambig.strategies.base import teacher_forced_logits
 from ambig.strategies.grpo import GRPOStrategy, token_logps
 from ambig.train import run
 
@@ -47,6 +50,18 @@ def make_grpo(model, builder, **overrides):
 def fresh_lora(tiny_cfg_factory):
     torch.manual_seed(0)
     return load_model(tiny_cfg_factory(lora=True))[0]
+
+
+@pytest.fixture(scope="module")
+def moved_lora(tiny_cfg_factory):
+    """A LoRA model whose adapter is off its zero init (policy != reference), in eval mode."""
+    torch.manual_seed(0)
+    model = load_model(tiny_cfg_factory(lora=True))[0]
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
 
 
 def test_token_logps_sum_to_sequence_logps():
@@ -168,11 +183,62 @@ def test_mu_above_one_changes_the_policy_between_uses(tiny_cfg_factory, builder,
     assert abs(float(parts["ratio_mean"]) - 1.0) > 1e-6
 
 
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("AMBIG_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("AMBIG_RUNS_DIR", str(tmp_path / "runs"))
-    return tmp_path
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_every_loss_type_through_the_strategy_matches_trls_formula(moved_lora, builder, examples, loss_type):
+    """The strategy's loss on fixed groups equals the loop-based formula (test_grpo_losses.ref_grpo) fed with
+    log-probs computed here from the model: the policy's, and the reference's with the adapter off."""
+    model = moved_lora
+    strategy = make_grpo(model, builder, include_gold=True, loss_type=loss_type, beta=0.1)
+    batch = builder(examples[:2])
+    torch.manual_seed(4)
+    groups = strategy.build_groups(batch, strategy.sample_rollouts(batch))
+    with torch.no_grad():
+        loss, parts = strategy.grpo_objective(groups)
+        seqs = groups.seqs
+        logps = token_logps(teacher_forced_logits(model, seqs), seqs["input_ids"])
+        with model.disable_adapter():
+            ref = token_logps(teacher_forced_logits(model, seqs), seqs["input_ids"])
+    assert (logps - ref).abs().max() > 1e-4  # the adapter matters, so the KL term is not trivially 0
+    expected, stats = ref_grpo(
+        logps.double().tolist(),
+        logps.double().tolist(),  # mu = 1: old = current
+        ref.double().tolist(),
+        groups.advantages.double().tolist(),
+        groups.mask.tolist(),
+        0.1,
+        loss_type,
+        strategy.max_completion_length,
+    )
+    assert float(loss) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert float(parts["kl"]) == pytest.approx(stats["kl"], rel=1e-4, abs=1e-7)
+
+
+def test_seeded_steps_on_a_fixed_toy_batch_raise_its_mean_reward(tiny_cfg_factory, builder, examples):
+    """On fixed sampled groups, a few GRPO steps move probability towards the better rollouts: the
+    policy-weighted mean reward of each group's rollouts (weights = softmax of sequence log-probs) rises."""
+    torch.manual_seed(0)
+    model = load_model(tiny_cfg_factory(lora=True))[0].eval()  # eval: no dropout, deterministic steps
+    strategy = make_grpo(model, builder, num_generations=4, beta=0.0)
+    batch = builder(examples[:2])
+    torch.manual_seed(5)
+    groups = strategy.build_groups(batch, strategy.sample_rollouts(batch))
+    rewards = groups.rewards.view(2, 4)
+    assert (rewards.max(1).values - rewards.min(1).values > 1e-4).all()  # something to prefer in each group
+
+    def weighted_reward() -> float:
+        with torch.no_grad():
+            logps = (strategy.policy_token_logps(groups.seqs) * groups.mask).sum(-1).view(2, 4)
+        return float((logps.softmax(-1) * rewards).sum(-1).mean())
+
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    seen = [weighted_reward()]
+    for _ in range(3):
+        loss, _ = strategy.grpo_objective(groups)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen.append(weighted_reward())
+    assert all(b > a for a, b in zip(seen, seen[1:], strict=False)), seen
 
 
 @pytest.mark.parametrize("name", ["grpo", "grpoz"])
@@ -198,3 +264,32 @@ def test_grpo_runs_end_to_end_on_the_synthetic_corpus(isolated, name):
         assert f"train/{key}" in logged
     assert ("train/gold_advantage" in logged) == (name == "grpoz")
     assert json.loads((isolated / "run" / "metrics.json").read_text())["strategy"] == name
+
+
+@pytest.mark.parametrize("dataset", ["iemocap", "crema_d"])
+@pytest.mark.parametrize("name", ["grpo", "grpoz"])
+def test_grpo_runs_on_the_corpus_fixtures(isolated, dataset, name):
+    cfg = fixture_cfg(isolated, dataset, f"strategy={name}", "strategy.num_generations=2")
+    metrics = run(cfg, isolated / "run")
+    assert metrics["dataset"] == dataset and metrics["strategy"] == name and metrics["n"] > 0
+    assert 0 <= metrics["js"] <= 1
+
+
+def test_grpoz_starts_from_an_sft_run_and_mu_two_doubles_the_steps(isolated):
+    sft = run(make_cfg(), isolated / "sft")
+    common = ("strategy=grpoz", "strategy.num_generations=2", "decoding.max_new_tokens=8", "logger=csv")
+    common += ("trainer.limit_train_batches=null",)  # every training batch, so the count shows the repeats
+    once = run(make_cfg(*common, f"init_from={isolated / 'sft'}"), isolated / "mu1")
+    twice = run(
+        make_cfg(*common, f"init_from={isolated / 'sft'}", "strategy.num_iterations=2"), isolated / "mu2"
+    )
+    assert once["initialised_from"] == twice["initialised_from"] == sft["best_checkpoint"]
+
+    def steps(run_dir):
+        rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
+        return max(int(r["step"]) for r in rows if r.get("train/loss")), rows
+
+    (n1, _), (n2, rows) = steps(isolated / "mu1"), steps(isolated / "mu2")
+    assert n2 + 1 == 2 * (n1 + 1)  # each batch serves two optimizer steps
+    reused = [float(r["train/rollouts/reused"]) for r in rows if r.get("train/rollouts/reused")]
+    assert 0.0 in reused and 1.0 in reused
