@@ -11,6 +11,11 @@ its test JS against the untrained base model's JS on the same fold (the foundati
 `dpo`: time of one DPO training step (M rollouts per utterance, loss, backward, AdamW) on the tiny model with
 each utterance's audio features computed once and reused for its M rollouts, against a pipeline that runs the
 feature extractor again for every rollout; same weights, same seeds, so both do the same work otherwise.
+
+`grpo`: time of one GRPO training step (G rollouts per utterance, rewards, policy and reference passes,
+backward, AdamW) on the tiny model for G = 2, 4, 8, with `encode_once` (audio tower once per clip, each
+group's prompt prefilled once) and without it (every rollout row runs the prompt and the audio tower itself),
+and the rows the audio tower processed per step both ways.
 """
 
 from __future__ import annotations
@@ -170,12 +175,82 @@ def bench_dpo(
     }
 
 
+def bench_grpo(
+    out: Path,
+    batch_size: int = 4,
+    group_sizes: tuple[int, ...] = (2, 4, 8),
+    steps: int = 3,
+    max_new_tokens: int = 48,
+) -> dict:
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from ambig.data.audio import load_audio
+    from ambig.data.synthetic import CLASSES, SyntheticSpec, load_synthetic
+    from ambig.model.inputs import BatchBuilder, Example
+    from ambig.model.load import load_model
+    from ambig.train import build_strategy
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=["strategy=grpo", f"decoding.max_new_tokens={max_new_tokens}"])
+    torch.manual_seed(cfg.seed)
+    model, processor = load_model(cfg.model)
+    rate = cfg.model.sample_rate
+    records = load_synthetic(out / "data", SyntheticSpec(n_utterances=batch_size))[:batch_size]
+    builder = BatchBuilder(
+        processor, CLASSES, cot=True, ce_answer_word=cfg.loss.ce_answer_word, sample_rate=rate
+    )
+    batch = builder(
+        [Example(r, load_audio(r.audio_path, rate, cfg.model.max_audio_seconds)) for r in records]
+    )
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    tower_rows: list[int] = []
+    tower = (model.get_base_model() if hasattr(model, "get_base_model") else model).model.audio_tower
+    hook = tower.register_forward_hook(lambda mod, args, output: tower_rows.append(args[0].shape[0]))
+    results = {}
+    try:
+        for g in group_sizes:
+            for once in (True, False):
+                model.load_state_dict(start_state)
+                cfg.strategy.num_generations = g
+                cfg.strategy.encode_once = once
+                strategy = build_strategy(cfg, model, builder)
+                strategy.model.train()
+                opt = torch.optim.AdamW(
+                    [p for p in model.parameters() if p.requires_grad], lr=strategy.optim["lr"]
+                )
+                times = []
+                for step in range(steps + 1):  # step 0 warms up
+                    torch.manual_seed(cfg.seed + step)
+                    tower_rows.clear()
+                    start = time.perf_counter()
+                    loss, _ = strategy.training_loss(batch)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    if step:
+                        times.append(time.perf_counter() - start)
+                label = "once" if once else "per_rollout"
+                results.setdefault(f"G{g}", {})[f"{label}_ms"] = 1000 * sum(times) / len(times)
+                results[f"G{g}"][f"{label}_tower_rows"] = sum(tower_rows)
+    finally:
+        hook.remove()
+        model.load_state_dict(start_state)
+    for r in results.values():
+        r["ratio"] = r["per_rollout_ms"] / r["once_ms"]
+    first = f"G{group_sizes[0]}"
+    for g in group_sizes:
+        results[f"G{g}"]["growth_vs_first"] = results[f"G{g}"]["once_ms"] / results[first]["once_ms"]
+    return {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "steps": steps, "groups": results}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--fold", type=int, default=1)
-    parser.add_argument("--only", choices=["features", "train", "dpo"], default=None)
+    parser.add_argument("--only", choices=["features", "train", "dpo", "grpo"], default=None)
     args = parser.parse_args()
     out = Path("runs/bench") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=False)
@@ -193,6 +268,9 @@ def main() -> None:
     if args.only in (None, "dpo"):
         results["dpo"] = bench_dpo(out)
         print_dpo(results["dpo"])
+    if args.only in (None, "grpo"):
+        results["grpo"] = bench_grpo(out)
+        print_grpo(results["grpo"])
     (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"written: {out / 'bench.json'}")
 
@@ -203,6 +281,19 @@ def print_dpo(d: dict) -> None:
         f"each): features reused {d['reused_ms']:.0f} ms, recomputed per rollout "
         f"{d['recomputed_ms']:.0f} ms, ratio {d['ratio']:.2f} (same losses both ways: {d['same_losses']})"
     )
+
+
+def print_grpo(d: dict) -> None:
+    print(
+        f"GRPO step (tiny, batch {d['batch_size']}, <= {d['max_new_tokens']} tokens per rollout), "
+        "audio encoded once per clip + prompt once per group vs once per rollout:"
+    )
+    for g, r in d["groups"].items():
+        print(
+            f"  {g}: once {r['once_ms']:.0f} ms ({r['once_tower_rows']} audio-tower rows), per rollout "
+            f"{r['per_rollout_ms']:.0f} ms ({r['per_rollout_tower_rows']} rows), ratio {r['ratio']:.2f}; "
+            f"step time x{r['growth_vs_first']:.2f} of the smallest G"
+        )
 
 
 def print_train(t: dict) -> None:

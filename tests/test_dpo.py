@@ -43,6 +43,7 @@ def make_dpo(model, builder, **overrides):
         "negatives": "worst",
         "rollout": {"max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0},
         "encode_once": True,
+        "reference": "base",
         **overrides,
     }
     return DPOStrategy(

@@ -38,6 +38,7 @@ def make_grpo(model, builder, **overrides):
         "include_gold": False,
         "rollout": {"max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0},
         "encode_once": True,
+        "reference": "base",
         "max_completion_length": 8,
         **overrides,
     }
@@ -293,3 +294,13 @@ def test_grpoz_starts_from_an_sft_run_and_mu_two_doubles_the_steps(isolated):
     assert n2 + 1 == 2 * (n1 + 1)  # each batch serves two optimizer steps
     reused = [float(r["train/rollouts/reused"]) for r in rows if r.get("train/rollouts/reused")]
     assert 0.0 in reused and 1.0 in reused
+
+    # The default reference (init) is the SFT model the run started from, so the first step's KL is that of
+    # LoRA dropout alone; with reference=base it is the distance to the untrained model.
+    run(make_cfg(*common, f"init_from={isolated / 'sft'}", "strategy.reference=base"), isolated / "base_ref")
+
+    def first_kl(run_dir):
+        rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
+        return float(min((r for r in rows if r.get("train/kl")), key=lambda r: int(r["step"]))["train/kl"])
+
+    assert first_kl(isolated / "mu1") < first_kl(isolated / "base_ref") / 2

@@ -18,6 +18,7 @@ from ambig.model.audio_encoding import audio_inputs, audio_tower_frozen, with_en
 from ambig.model.inputs import BatchBuilder
 from ambig.model.readout import readout_log
 from ambig.rollout import Decoded, decode, read_after, sample
+from ambig.strategies.reference import ReferencePolicy
 
 
 def teacher_forced_logits(model, batch: dict) -> torch.Tensor:
@@ -35,6 +36,8 @@ class AmbigModule(pl.LightningModule):
     trains = True
     # Rollout strategies set this from their config (`encode_once`): see `shared_audio`.
     encode_once = False
+    # DPO and GRPO set their reference policy (ambig.strategies.reference); None: the strategy has none.
+    reference: ReferencePolicy | None = None
     # How many optimizer steps each training batch serves in a row (the datamodule repeats it that often).
     batch_repeats = 1
 
@@ -89,6 +92,9 @@ class AmbigModule(pl.LightningModule):
         # from_pretrained returns the model in eval mode and Lightning keeps each module's mode, so without
         # this LoRA dropout would never be active in training.
         self.model.train()
+        # The weights training starts from (after init_from), unless a resumed checkpoint brought them.
+        if self.reference is not None and self.reference.weights is None:
+            self.reference.snapshot()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, parts = self.training_loss(batch)
@@ -181,6 +187,12 @@ class AmbigModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        if self.reference is not None and self.reference.state() is not None:
+            checkpoint["reference_weights"] = self.reference.state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.reference is not None:
+            self.reference.load_state(checkpoint.get("reference_weights"))
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:

@@ -19,6 +19,7 @@ from ambig.metrics import js_divergence
 from ambig.model.inputs import completion_batch
 from ambig.rollout import Decoded, completions
 from ambig.strategies.base import AmbigModule, teacher_forced_logits
+from ambig.strategies.reference import ReferencePolicy
 
 NEGATIVES = ("worst", "all_above_tau")
 
@@ -67,15 +68,12 @@ class DPOStrategy(AmbigModule):
         negatives: str,
         rollout: dict,
         encode_once: bool,
+        reference: str,
         **kwargs,
     ):
         super().__init__(model, builder, **kwargs)
         self.encode_once = bool(encode_once)
-        if not hasattr(model, "disable_adapter"):
-            raise ValueError(
-                "strategy=dpo needs a LoRA model (model.lora set): its reference policy is the same model "
-                "with the adapter switched off"
-            )
+        self.reference = ReferencePolicy(model, reference, "dpo")
         if negatives not in NEGATIVES:
             raise ValueError(f"strategy.negatives={negatives!r}: choose one of {', '.join(NEGATIVES)}")
         if int(num_rollouts) < 1 or beta <= 0 or min(lambda_kl, lambda_ce) < 0 or not 0 <= tau <= 1:
@@ -114,15 +112,9 @@ class DPOStrategy(AmbigModule):
         logits = teacher_forced_logits(self.model, seqs)
         return sequence_logps(logits, seqs["input_ids"], seqs["completion_mask"])
 
-    @torch.no_grad()
     def reference_logps(self, seqs: dict) -> Tensor:
-        """The same under pi_ref: the model with its adapter switched off (no second copy of the weights).
-
-        peft's `disable_adapter` turns the LoRA layers off and routes every `modules_to_save` module (the tiny
-        model's embeddings, head and projector) to its original frozen copy, so pi_ref is the model as loaded,
-        before any training; weights brought in by `init_from` live in the adapter and are off too.
-        """
-        with self.model.disable_adapter():
+        """The same under pi_ref (`strategy.reference`: ambig.strategies.reference)."""
+        with self.reference.active():
             return self.policy_logps(seqs)
 
     # ---- loss -------------------------------------------------------------------------------------------

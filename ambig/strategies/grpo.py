@@ -6,8 +6,8 @@ Per utterance the policy samples G rollouts; each gets its read-out q_i and the 
 
 GRPOz appends the curated CoT y* (teacher-forced target: CoT, answer prefix, majority answer word, end token)
 to each group as one more member with the largest reward the formula gives (w_dist + w_fmt). Advantages are
-the group-normalised rewards; the loss is TRL's clipped surrogate with a k3 KL to the reference policy (the
-model with its LoRA adapter switched off), per completion token, aggregated as `loss_type` says.
+the group-normalised rewards; the loss is TRL's clipped surrogate with a k3 KL to the reference policy
+(`strategy.reference`: ambig.strategies.reference), per completion token, aggregated as `loss_type` says.
 
 num_iterations (mu): with mu == 1 the old policy is the current one (ratio 1, old log-probs = the policy's,
 detached). With mu > 1 the datamodule yields each training batch mu times in a row (`batch_repeats`); the
@@ -29,6 +29,7 @@ from ambig.rewards import combined_reward, max_reward
 from ambig.rollout import Decoded, completions, expand
 from ambig.strategies.base import AmbigModule, teacher_forced_logits
 from ambig.strategies.dpo import target_mask
+from ambig.strategies.reference import ReferencePolicy
 
 
 def token_logps(logits: Tensor, ids: Tensor) -> Tensor:
@@ -74,15 +75,12 @@ class GRPOStrategy(AmbigModule):
         rollout: dict,
         max_completion_length: int,
         encode_once: bool,
+        reference: str,
         **kwargs,
     ):
         super().__init__(model, builder, **kwargs)
         self.encode_once = bool(encode_once)
-        if not hasattr(model, "disable_adapter"):
-            raise ValueError(
-                f"strategy={kwargs.get('name', 'grpo')} needs a LoRA model (model.lora set): its reference "
-                "policy is the same model with the adapter switched off"
-            )
+        self.reference = ReferencePolicy(model, reference, kwargs.get("name", "grpo"))
         if loss_type not in GRPO_LOSS_TYPES:
             raise ValueError(f"strategy.loss_type={loss_type!r}: choose one of {', '.join(GRPO_LOSS_TYPES)}")
         if scale_rewards not in ADVANTAGE_SCALES:
@@ -177,10 +175,9 @@ class GRPOStrategy(AmbigModule):
         """Per-token log-probs (N, L - 1) of `seqs` (as `completion_batch` builds it) under the policy."""
         return token_logps(teacher_forced_logits(self.model, seqs), seqs["input_ids"])
 
-    @torch.no_grad()
     def reference_token_logps(self, seqs: dict) -> Tensor:
-        """The same under pi_ref: the model with its adapter (and modules_to_save copies) switched off."""
-        with self.model.disable_adapter():
+        """The same under pi_ref (`strategy.reference`: ambig.strategies.reference)."""
+        with self.reference.active():
             return self.policy_token_logps(seqs)
 
     # ---- loss -------------------------------------------------------------------------------------------
