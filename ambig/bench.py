@@ -123,7 +123,10 @@ def bench_dpo(
     )
     batch = builder(examples)
     strategy = build_strategy(cfg, model, builder)
-    strategy.model.train()
+    # Both paths run every rollout row through the model on its own, so only the features differ (the audio
+    # tower and prompt sharing of encode_once is the `grpo` section's comparison).
+    strategy.encode_once = False
+    strategy.on_fit_start()  # train mode, and the reference snapshot (strategy.reference=init)
     start_state = {k: v.clone() for k, v in strategy.state_dict().items()}
 
     @torch.no_grad()
@@ -216,7 +219,7 @@ def bench_grpo(
                 cfg.strategy.num_generations = g
                 cfg.strategy.encode_once = once
                 strategy = build_strategy(cfg, model, builder)
-                strategy.model.train()
+                strategy.on_fit_start()  # train mode, and the reference snapshot
                 opt = torch.optim.AdamW(
                     [p for p in model.parameters() if p.requires_grad], lr=strategy.optim["lr"]
                 )

@@ -1,0 +1,22 @@
+"""`make bench`'s rollout sections run (small settings) and report what they claim to measure."""
+
+from __future__ import annotations
+
+from ambig.bench import bench_dpo, bench_grpo
+
+
+def test_grpo_bench_reports_both_paths_and_the_audio_tower_rows(isolated):
+    out = bench_grpo(isolated / "bench", batch_size=2, group_sizes=(2, 3), steps=1, max_new_tokens=4)
+    assert set(out["groups"]) == {"G2", "G3"}
+    for g, r in zip((2, 3), out["groups"].values(), strict=True):
+        assert r["once_ms"] > 0 and r["per_rollout_ms"] > 0
+        assert r["ratio"] == r["per_rollout_ms"] / r["once_ms"]
+        assert r["once_tower_rows"] == 2  # one per clip for the whole step
+        # per rollout: generation, policy and reference passes over every row (read-out fallbacks add more)
+        assert r["per_rollout_tower_rows"] >= 3 * 2 * g
+    assert out["groups"]["G2"]["growth_vs_first"] == 1.0
+
+
+def test_dpo_bench_runs_both_feature_paths(isolated):
+    out = bench_dpo(isolated / "bench", batch_size=2, rollouts=2, steps=1, max_new_tokens=4)
+    assert out["reused_ms"] > 0 and out["recomputed_ms"] > 0 and out["same_losses"] in (True, False)
