@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from fixtures.crema_d_fixture import write_crema_d_fixture
-from fixtures.iemocap_fixture import MISSING_WAV, write_iemocap_fixture
 from hydra import compose, initialize_config_dir
 from transformers import WhisperFeatureExtractor
 
 from ambig.data.audio import AudioError
 from ambig.data.features import FeatureStore, extract
+from ambig.data.fixtures.crema_d import write_crema_d_fixture
+from ambig.data.fixtures.iemocap import MISSING_WAV, write_iemocap_fixture
 from ambig.data.inspect import card
 from ambig.data.mapping import restrict_votes, shared_classes
 from ambig.data.records import Record

@@ -5,7 +5,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fixtures.crema_d_fixture import write_crema_d_fixture
 
 from ambig.data.crema_d import (
     CLASSES,
@@ -20,6 +19,7 @@ from ambig.data.crema_d import (
     load_annotations,
     parse_name,
 )
+from ambig.data.fixtures.crema_d import write_crema_d_fixture
 from ambig.data.folds import fixed_split, leave_one_unit_out
 
 # Read by hand from processedResults/tabulatedVotes.csv (columns A D F H N S), in CLASSES order N H S A D F.

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 import soundfile as sf
-from fixtures.iemocap_fixture import write_iemocap_fixture
 
+from ambig.data.fixtures.iemocap import write_iemocap_fixture
 from ambig.data.folds import leave_one_unit_out
 from ambig.data.iemocap import CLASSES, IEMOCAPCorpus, IEMOCAPLayoutError
 
