@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: install train test lint bench clean-cache
+.PHONY: install train test lint bench clean-cache table2 fig2 table3 smoke report
 
 install: $(STAMP)
 
@@ -28,6 +28,26 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m ambig.bench $(ARGS)
+
+# The paper's experiments (conf/experiment/*.yaml): full runs need the corpora (export IEMOCAP_ROOT, CREMA_D_ROOT)
+# and a GPU; add ARGS="scale=smoke" for a CPU check of every cell, or hydra/launcher=slurm for a cluster.
+# Each prints its multirun directory; `make report DIR=<it>` builds the tables and figures.
+table2: $(STAMP)
+	$(BIN)/python -m ambig.train -m experiment=table2 $(ARGS)
+
+fig2: $(STAMP)
+	$(BIN)/python -m ambig.train -m experiment=fig2_kl $(ARGS)
+
+table3: $(STAMP)
+	$(BIN)/python -m ambig.train -m experiment=table3_cot $(ARGS)
+
+# Every experiment at scale=smoke (tiny model, fixture corpora), fold 1: what the tests run.
+smoke: $(STAMP)
+	for e in table2 fig2_kl table3_cot; do \
+	  $(BIN)/python -m ambig.train -m experiment=$$e scale=smoke fold=1 logger=none $(ARGS) || exit 1; done
+
+report: $(STAMP)
+	$(BIN)/python -m ambig.report $(DIR)
 
 clean-cache:
 	rm -rf .cache

@@ -1,7 +1,12 @@
-"""Start a strategy from another run's trained weights (`init_from=<run dir or .ckpt>`), e.g. DPO from SFT."""
+"""Start a strategy from another run's trained weights (`init_from=<run dir or .ckpt>`), e.g. DPO from SFT.
+
+`init_from=run:<strategy>` names the newest finished run of that strategy with the same dataset, fold, model,
+loss and CoT setting under the runs directory (how the experiments chain DPO / GRPO / GRPOz after SFT).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -48,3 +53,40 @@ def load_init(strategy, init_from: str | Path) -> Path:
     strategy.load_state_dict(state, strict=False)
     log.info("init_from %s: loaded %d of its %d weights", path, len(matched), len(state))
     return path
+
+
+RUN_PREFIX = "run:"
+# A run matches when these metrics.json fields equal the current run's.
+MATCH_KEYS = ("dataset", "fold", "model", "loss", "cot")
+
+
+def find_run(runs_dir: str | Path, strategy: str, want: dict) -> Path:
+    """The newest finished run directory of `strategy` under `runs_dir` whose MATCH_KEYS equal `want`'s.
+
+    Finished = it wrote metrics.json and kept a best checkpoint. Raises FileNotFoundError naming what it
+    looked for (run that strategy first).
+    """
+    found = []
+    for metrics_file in Path(runs_dir).rglob("metrics.json"):
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if metrics.get("strategy") != strategy or any(metrics.get(k) != want[k] for k in MATCH_KEYS):
+            continue
+        if metrics.get("best_checkpoint") and Path(metrics["best_checkpoint"]).is_file():
+            found.append((metrics_file.stat().st_mtime, metrics_file.parent))
+    if not found:
+        wanted = ", ".join(f"{k}={want[k]}" for k in MATCH_KEYS)
+        raise FileNotFoundError(
+            f"init_from={RUN_PREFIX}{strategy}: no finished {strategy} run with {wanted} under {runs_dir}; "
+            f"run it first (python -m ambig.train strategy={strategy} ...) or give init_from=<run dir>"
+        )
+    return max(found)[1]
+
+
+def resolve_init_from(init_from: str, runs_dir: str | Path, want: dict) -> str:
+    """`init_from` as a path: `run:<strategy>` is looked up with :func:`find_run`, anything else is kept."""
+    if str(init_from).startswith(RUN_PREFIX):
+        return str(find_run(runs_dir, str(init_from)[len(RUN_PREFIX) :], want))
+    return str(init_from)

@@ -35,21 +35,57 @@ def build_logger(cfg: DictConfig, run_dir: Path):
         logger = WandbLogger(
             project=cfg.logger.project,
             entity=cfg.logger.entity,
-            group=cfg.logger.group,
+            group=cfg.logger.group or f"{cfg.get('experiment_name') or 'runs'}/{cfg.dataset.name}",
+            job_type=cfg.strategy.name,
             name=cfg.logger.run_name,
             save_dir=str(run_dir),
-            offline=cfg.logger.mode == "offline",
+            offline=wandb_offline(cfg.logger.mode),
         )
         logger.log_hyperparams(scrub(OmegaConf.to_container(cfg, resolve=True)))
         return logger
     raise ValueError(f"unknown logger {name!r}: expected csv, wandb or none")
 
 
-def finish_logger(logger, metrics: dict) -> None:
-    """Write the final test metrics to W&B's summary and close the run (each job of a sweep gets its own)."""
+def wandb_offline(mode: str) -> bool:
+    """`logger.mode`: offline | online | auto (online only when an API key is in the environment)."""
+    if mode not in ("auto", "online", "offline"):
+        raise ValueError(f"logger.mode={mode!r}: choose auto, online or offline")
+    return mode == "offline" or (mode == "auto" and not os.environ.get("WANDB_API_KEY"))
+
+
+def predictions_table(predictions: list[dict], records: dict, classes, n: int):
+    """A wandb.Table of the first `n` test utterances: audio, transcript, generated CoT, human and predicted
+    distributions (class: probability) and their JS."""
+    import torch
+    import wandb
+
+    from ambig.metrics import js_divergence
+
+    table = wandb.Table(columns=["id", "audio", "transcript", "cot", "human", "predicted", "js"])
+    for row in predictions[:n]:
+        record = records[row["id"]]
+        p, q = torch.tensor([row["p"]]), torch.tensor([row["q"]])
+        table.add_data(
+            row["id"],
+            wandb.Audio(str(record.audio_path)),
+            record.transcript,
+            row.get("cot"),
+            {c: round(v, 4) for c, v in zip(classes, row["p"], strict=True)},
+            {c: round(v, 4) for c, v in zip(classes, row["q"], strict=True)},
+            float(js_divergence(p, q)[0]),
+        )
+    return table
+
+
+def finish_logger(logger, metrics: dict, predictions: list[dict], records: dict, n_examples: int = 0) -> None:
+    """W&B: the final test metrics into the run's summary, a table of sample predictions with their audio,
+    then close the run (each job of a sweep gets its own). Other loggers: nothing to do."""
     if logger and type(logger).__name__ == "WandbLogger":
         import wandb
 
         for key in ("js", "bc", "r2", "brier", "kl", "accuracy", "n"):
             logger.experiment.summary[f"test/{key}"] = metrics[key]
+        if n_examples and predictions:
+            table = predictions_table(predictions, records, metrics["classes"], n_examples)
+            logger.experiment.log({"test/predictions": table})
         wandb.finish()

@@ -15,13 +15,15 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ambig.checkpoints import load_init
+from ambig.checkpoints import load_init, resolve_init_from
 from ambig.config import ConfigError, require_settings
 from ambig.curation.sources import training_cots
 from ambig.data.datamodule import EmotionDataModule, validated_split
 from ambig.data.features import FeatureStore
+from ambig.data.fixtures import FIXTURE_SETTINGS, write_fixture
+from ambig.data.fixtures import WRITERS as FIXTURE_WRITERS
 from ambig.data.folds import FoldSplit, make_split
 from ambig.data.mapping import restrict_votes, shared_classes
 from ambig.data.skips import report_skips
@@ -76,7 +78,7 @@ def build_strategy(cfg: DictConfig, model, builder: BatchBuilder, test_builder: 
     extra = {
         k: v
         for k, v in OmegaConf.to_container(cfg.strategy, resolve=True).items()
-        if k not in ("_target_", "name", "optim")
+        if k not in ("_target_", "name", "optim", "starts_from")
     }
     optim = {
         **OmegaConf.to_container(cfg.optim, resolve=True),
@@ -90,6 +92,7 @@ def build_strategy(cfg: DictConfig, model, builder: BatchBuilder, test_builder: 
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         name=cfg.strategy.name,
         test_builder=test_builder,
+        output_format=cfg.model.get("output_format", "ambig"),
         **extra,
     )
 
@@ -115,8 +118,25 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger, trains: bool):
     return trainer, checkpoint
 
 
+def use_fixture_corpora(cfg: DictConfig) -> None:
+    """`fixture_corpora: true` (scale=smoke): IEMOCAP and CREMA-D, as dataset or test_dataset, read their
+    release-format fixtures (ambig.data.fixtures, written into the cache on first use) instead of the real
+    corpora, with the settings a corpus that small needs."""
+    if not cfg.get("fixture_corpora"):
+        return
+    for key in ("dataset", "test_dataset"):
+        data = cfg.get(key)
+        if not data or data.name not in FIXTURE_WRITERS:  # None or {} (test_dataset=same): nothing to do
+            continue
+        with open_dict(cfg):
+            data.root = str(write_fixture(data.name, Path(cfg.paths.cache_dir) / "fixtures" / data.name))
+            for setting, value in FIXTURE_SETTINGS.get(data.name, {}).items():
+                OmegaConf.update(data, setting, value)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Everything `python -m ambig.train` does, given a composed config and its run directory."""
+    use_fixture_corpora(cfg)
     check_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "metrics.json").exists():
@@ -185,7 +205,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         seed=cfg.seed,
         train_repeats=strategy.batch_repeats,
     )
-    initialised_from = load_init(strategy, cfg.init_from) if cfg.get("init_from") else None
+    initialised_from = None
+    if cfg.get("init_from"):
+        want = {
+            "dataset": cfg.dataset.name,
+            "fold": cfg.fold,
+            "model": cfg.model.name,
+            "loss": cfg.loss.name,
+            "cot": cfg.cot.name,
+        }
+        initialised_from = load_init(strategy, resolve_init_from(cfg.init_from, cfg.paths.runs_dir, want))
 
     logger = build_logger(cfg, run_dir)
     trainer, checkpoint = build_trainer(cfg, run_dir, logger, strategy.trains)
@@ -212,7 +241,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "initialised_from": str(initialised_from) if initialised_from else None,
     }
     write_results(run_dir, metrics, strategy.predictions)
-    finish_logger(logger, metrics)
+    finish_logger(
+        logger,
+        metrics,
+        strategy.predictions,
+        {r.id: r for r in split.test},
+        n_examples=cfg.logger.get("n_examples", 0),
+    )
     print(format_table(metrics))
     print(f"results: {run_dir / 'metrics.json'}")
     return metrics

@@ -83,13 +83,15 @@ def test_wandb_logger_runs_offline_and_writes_no_secret(tmp_path, monkeypatch):
                 "mode": "offline",
             },
             "curator": {"api_key": "sk-config-secret"},
+            "strategy": {"name": "sft"},
+            "dataset": {"name": "synthetic"},
             "seed": 0,
         }
     )
     logger = build_logger(cfg, tmp_path)
     logger.log_metrics({"train/loss": 1.5}, step=0)
     finish_logger(
-        logger, {"js": 0.2, "bc": 0.8, "r2": 0.5, "brier": 0.1, "kl": 0.3, "accuracy": 0.7, "n": 10}
+        logger, {"js": 0.2, "bc": 0.8, "r2": 0.5, "brier": 0.1, "kl": 0.3, "accuracy": 0.7, "n": 10}, [], {}
     )
     runs = list(Path(tmp_path).glob("**/offline-run-*"))
     assert runs, "an offline run directory is written"

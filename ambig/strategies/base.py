@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ambig.losses import check_finite
 from ambig.metrics import DistributionMetrics
 from ambig.model.audio_encoding import audio_inputs, audio_tower_frozen, with_encoded_audio
+from ambig.model.formats import FORMATS, parse_output
 from ambig.model.inputs import BatchBuilder
 from ambig.model.readout import readout_log
 from ambig.rollout import Decoded, decode, read_after, sample
@@ -51,8 +52,12 @@ class AmbigModule(pl.LightningModule):
         loss: dict,
         name: str,
         test_builder: BatchBuilder | None = None,
+        output_format: str = "ambig",
     ):
         super().__init__()
+        if output_format not in FORMATS:
+            raise ValueError(f"model.output_format={output_format!r}: choose one of {', '.join(FORMATS)}")
+        self.output_format = output_format
         self.model = model
         self.loss_cfg = dict(loss)
         self.builder = builder
@@ -142,9 +147,11 @@ class AmbigModule(pl.LightningModule):
         metrics.update(batch["p"].to(q.device), q)
         if keep:
             for i, uid in enumerate(batch["ids"]):
-                self.predictions.append(
-                    {"id": uid, "p": batch["p"][i].tolist(), "q": q[i].tolist(), "cot": texts[i]}
-                )
+                row = {"id": uid, "p": batch["p"][i].tolist(), "q": q[i].tolist(), "cot": texts[i]}
+                if texts[i] is not None:  # what the trajectory answered in words, in the model's format
+                    parsed = parse_output(texts[i], builder.classes, self.output_format)
+                    row.update(answer=parsed.answer, well_formed=parsed.well_formed)
+                self.predictions.append(row)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.builder, self.val_metrics, keep=False)

@@ -1,0 +1,182 @@
+"""The paper's experiments: each config composes as documented, and each runs as a smoke multirun whose
+report has every cell filled (`python -m ambig.train -m experiment=<name> scale=smoke`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from ambig.checkpoints import find_run, resolve_init_from
+from ambig.report.build import build_report
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ("table2", "fig2_kl", "table3_cot")
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_with_and_without_smoke(name):
+    full, smoke = compose_cfg(f"experiment={name}"), compose_cfg(f"experiment={name}", "scale=smoke")
+    assert full.experiment_name == smoke.experiment_name == name
+    assert full.hydra.sweeper.params["fold"] == "1,2,3,4,5"
+    assert not full.fixture_corpora and smoke.fixture_corpora and smoke.model.name == "tiny"
+    assert smoke.trainer.limit_train_batches == 2
+
+
+def test_table2_sweeps_the_papers_grid_and_chains_rl_after_sft():
+    cfg = compose_cfg("experiment=table2")
+    params = cfg.hydra.sweeper.params
+    assert params["strategy"] == "base,audio_reasoner,sft,dpo,grpo,grpoz"
+    assert params["dataset"] == "iemocap,crema_d"
+    for strategy, init in [
+        ("base", None),
+        ("sft", None),
+        ("dpo", "run:sft"),
+        ("grpo", "run:sft"),
+        ("grpoz", "run:sft"),
+    ]:
+        assert compose_cfg("experiment=table2", f"strategy={strategy}").init_from == init
+    reasoner = compose_cfg("experiment=table2", "strategy=audio_reasoner")
+    assert (
+        reasoner.model.hub_id == "zhifeixie/Audio-Reasoner"
+        and reasoner.model.output_format == "audio_reasoner"
+    )
+    assert reasoner.strategy._target_.endswith("BaseStrategy") and reasoner.model.lora is None
+
+
+def test_fig2_and_table3_grids():
+    fig2 = compose_cfg("experiment=fig2_kl").hydra.sweeper.params
+    assert (fig2["loss"], fig2["strategy"]) == ("ce_only,ambiguity", "sft,dpo")
+    table3 = compose_cfg("experiment=table3_cot")
+    assert (
+        table3.dataset.name == "crema_d" and table3.strategy.name == "sft" and table3.loss.name == "ambiguity"
+    )
+    assert table3.hydra.sweeper.params["cot"] == "structured,none"
+    assert table3.hydra.sweeper.params["test_dataset"].startswith("same,iemocap")
+    assert not compose_cfg("experiment=table3_cot", "test_dataset=same").test_dataset  # = in-domain
+
+
+def write_finished(root: Path, name: str, **fields) -> Path:
+    run = root / name
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "best.ckpt"
+    ckpt.write_text("x")
+    metrics = {"dataset": "iemocap", "fold": 2, "model": "tiny", "loss": "ambiguity", "cot": "structured"}
+    metrics |= {"strategy": "sft", "best_checkpoint": str(ckpt), **fields}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_init_from_run_finds_the_newest_matching_finished_run(tmp_path):
+    want = {"dataset": "iemocap", "fold": 2, "model": "tiny", "loss": "ambiguity", "cot": "structured"}
+    old = write_finished(tmp_path, "a/old")
+    new = write_finished(tmp_path, "multirun/x/7-iemocap-sft-fold2")
+    write_finished(tmp_path, "b/other_fold", fold=3)
+    write_finished(tmp_path, "b/other_loss", loss="ce_only")
+    write_finished(tmp_path, "b/dpo", strategy="dpo")
+    os.utime(old / "metrics.json", (time.time() - 100, time.time() - 100))
+    assert find_run(tmp_path, "sft", want) == new
+    assert resolve_init_from("run:sft", tmp_path, want) == str(new)
+    assert resolve_init_from("/some/run", tmp_path, want) == "/some/run"
+    with pytest.raises(
+        FileNotFoundError, match="no finished sft run with dataset=iemocap, fold=2.*run it first"
+    ):
+        find_run(tmp_path, "sft", {**want, "model": "qwen2_audio_7b_instruct"})
+
+
+@pytest.fixture(scope="module")
+def smoke_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    return {"AMBIG_RUNS_DIR": root / "runs", "AMBIG_CACHE_DIR": root / "cache"}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_smoke_multirun_fills_every_cell_of_the_report(smoke_env, name):
+    before = set((smoke_env["AMBIG_RUNS_DIR"] / "multirun").glob("*"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ambig.train",
+            "-m",
+            f"experiment={name}",
+            "scale=smoke",
+            "fold=1",
+            "logger=none",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **{k: str(v) for k, v in smoke_env.items()}},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = set((smoke_env["AMBIG_RUNS_DIR"] / "multirun").glob("*")) - before
+    report = build_report([sweep])
+    agg = report.aggregate
+    assert not agg.failed and not agg.incomplete
+    cells = {(c.key.dataset, c.key.test_dataset, c.key.strategy, c.key.loss, c.key.cot) for c in agg.cells}
+    if name == "table2":
+        assert cells == {
+            (d, d, s, "ambiguity", "structured")
+            for d in ("iemocap", "crema_d")
+            for s in ("base", "audio_reasoner", "sft", "dpo", "grpo", "grpoz")
+        }
+        for strategy in ("dpo", "grpo", "grpoz"):  # each started from this sweep's SFT run of its dataset
+            for run_dir in sweep.glob(f"*-{strategy}-fold1"):
+                init = json.loads((run_dir / "metrics.json").read_text())["initialised_from"]
+                dataset = run_dir.name.split("-")[1]
+                assert init.startswith(str(next(sweep.glob(f"*-{dataset}-sft-fold1"))))
+    elif name == "fig2_kl":
+        assert cells == {
+            (d, d, s, loss, "structured")
+            for d in ("iemocap", "crema_d")
+            for s in ("sft", "dpo")
+            for loss in ("ce_only", "ambiguity")
+        }
+        assert (report.out_dir / "fig2_kl.png").read_bytes()[:4] == b"\x89PNG"
+    else:
+        assert cells == {
+            ("crema_d", t, "sft", "ambiguity", c)
+            for t in ("crema_d", "iemocap")
+            for c in ("structured", "none")
+        }
+    assert "| grpoz |" in report.markdown or name != "table2"
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "local"])
+def test_launcher_configs_compose(launcher):
+    cfg = compose_cfg("experiment=table2", f"hydra/launcher={launcher}")
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher" if launcher == "slurm" else "LocalLauncher")
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.array_parallelism == 20
+
+
+def test_local_submitit_launcher_runs_a_tiny_sweep(smoke_env):
+    before = set((smoke_env["AMBIG_RUNS_DIR"] / "multirun").glob("*"))
+    args = ["strategy=base", "fold=1,2", "logger=none", "dataset.corpus.n_utterances=30"]
+    args += ["trainer.limit_test_batches=1", "decoding.max_new_tokens=8", "trainer.enable_progress_bar=false"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ambig.train", "-m", "hydra/launcher=local", *args],
+        cwd=ROOT,
+        env={**os.environ, **{k: str(v) for k, v in smoke_env.items()}},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = set((smoke_env["AMBIG_RUNS_DIR"] / "multirun").glob("*")) - before
+    assert (sweep / ".submitit").is_dir()  # the jobs went through submitit, not the basic launcher
+    folds = sorted(json.loads(p.read_text())["fold"] for p in sweep.glob("*/metrics.json"))
+    assert folds == [1, 2]
