@@ -12,6 +12,10 @@ its test JS against the untrained base model's JS on the same fold (the foundati
 each utterance's audio features computed once and reused for its M rollouts, against a pipeline that runs the
 feature extractor again for every rollout; same weights, same seeds, so both do the same work otherwise.
 
+`strategies`: per training strategy on the tiny model (batch of 4, <= 48 rollout tokens): training samples/s,
+rollout tokens/s (tokens sampled / time in sampling) and the process's peak resident memory so far (CPU; on
+a GPU, the strategy's peak allocated GPU memory).
+
 `grpo`: time of one GRPO training step (G rollouts per utterance, rewards, policy and reference passes,
 backward, AdamW) on the tiny model for G = 2, 4, 8, with `encode_once` (audio tower once per clip, each
 group's prompt prefilled once) and without it (every rollout row runs the prompt and the audio tower itself),
@@ -88,6 +92,28 @@ def bench_features(out: Path, n_clips: int = 300) -> dict:
     return results
 
 
+def timed_steps(strategy, batch: dict, steps: int, seed: int, before_step=None) -> tuple[float, list[float]]:
+    """Mean wall time (ms) of `steps` training steps (loss, backward, AdamW) after one warm-up step, and
+    every step's loss. Step k is seeded with seed + k, so two strategies see the same random draws."""
+    import torch
+
+    opt = torch.optim.AdamW([p for p in strategy.parameters() if p.requires_grad], lr=strategy.optim["lr"])
+    times, losses = [], []
+    for step in range(steps + 1):  # step 0 warms up
+        torch.manual_seed(seed + step)
+        if before_step is not None:
+            before_step()
+        start = time.perf_counter()
+        loss, _ = strategy.training_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step:
+            times.append(time.perf_counter() - start)
+        losses.append(loss.item())
+    return 1000 * sum(times) / len(times), losses
+
+
 def bench_dpo(
     out: Path, batch_size: int = 4, rollouts: int = 4, steps: int = 5, max_new_tokens: int = 48
 ) -> dict:
@@ -150,21 +176,7 @@ def bench_dpo(
     for label, sampler in (("reused", reused_sampler), ("recomputed", recomputing)):
         strategy.load_state_dict(start_state)
         strategy.sample_rollouts = sampler
-        opt = torch.optim.AdamW(
-            [p for p in strategy.parameters() if p.requires_grad], lr=strategy.optim["lr"]
-        )
-        times, losses[label] = [], []
-        for step in range(steps + 1):  # step 0 warms up
-            torch.manual_seed(cfg.seed + step)
-            start = time.perf_counter()
-            loss, _ = strategy.training_loss(batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if step:
-                times.append(time.perf_counter() - start)
-            losses[label].append(loss.item())
-        results[f"{label}_ms"] = 1000 * sum(times) / len(times)
+        results[f"{label}_ms"], losses[label] = timed_steps(strategy, batch, steps, cfg.seed)
     strategy.sample_rollouts = reused_sampler
     same = np.allclose(losses["reused"], losses["recomputed"], rtol=1e-4, atol=1e-5)
     return {
@@ -176,6 +188,66 @@ def bench_dpo(
         "ratio": results["recomputed_ms"] / results["reused_ms"],
         "same_losses": bool(same),
     }
+
+
+def bench_strategies(out: Path, batch_size: int = 4, steps: int = 3, max_new_tokens: int = 48) -> dict:
+    import resource
+
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from ambig.data.audio import load_audio
+    from ambig.data.synthetic import CLASSES, SyntheticSpec, load_synthetic
+    from ambig.model.inputs import BatchBuilder, Example
+    from ambig.model.load import load_model
+    from ambig.train import build_strategy
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        base_cfg = compose("train", overrides=[f"decoding.max_new_tokens={max_new_tokens}"])
+    torch.manual_seed(base_cfg.seed)
+    model, processor = load_model(base_cfg.model)
+    rate = base_cfg.model.sample_rate
+    records = load_synthetic(out / "data", SyntheticSpec(n_utterances=batch_size))[:batch_size]
+    builder = BatchBuilder(
+        processor, CLASSES, cot=True, ce_answer_word=base_cfg.loss.ce_answer_word, sample_rate=rate
+    )
+    batch = builder(
+        [Example(r, load_audio(r.audio_path, rate, base_cfg.model.max_audio_seconds)) for r in records]
+    )
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    results = {}
+    for name in ("sft", "dpo", "grpo", "grpoz"):
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose(
+                "train", overrides=[f"strategy={name}", f"decoding.max_new_tokens={max_new_tokens}"]
+            )
+        model.load_state_dict(start_state)
+        strategy = build_strategy(cfg, model, builder)
+        strategy.on_fit_start()
+        sampled = {"tokens": 0, "seconds": 0.0}
+        policy_rollouts = strategy.policy_rollouts
+
+        def counted(*args, _inner=policy_rollouts, _sampled=sampled, **kwargs):
+            start = time.perf_counter()
+            decoded = _inner(*args, **kwargs)
+            _sampled["seconds"] += time.perf_counter() - start
+            _sampled["tokens"] += sum(map(len, decoded.tokens))
+            return decoded
+
+        strategy.policy_rollouts = counted
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        ms, _ = timed_steps(strategy, batch, steps, cfg.seed)
+        entry = {"step_ms": ms, "samples_per_s": 1000 * batch_size / ms}
+        if sampled["tokens"]:
+            entry["rollout_tokens_per_s"] = sampled["tokens"] / sampled["seconds"]
+        if torch.cuda.is_available():
+            entry["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        entry["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        results[name] = entry
+    model.load_state_dict(start_state)
+    return {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "steps": steps, "strategies": results}
 
 
 def bench_grpo(
@@ -220,22 +292,9 @@ def bench_grpo(
                 cfg.strategy.encode_once = once
                 strategy = build_strategy(cfg, model, builder)
                 strategy.on_fit_start()  # train mode, and the reference snapshot
-                opt = torch.optim.AdamW(
-                    [p for p in model.parameters() if p.requires_grad], lr=strategy.optim["lr"]
-                )
-                times = []
-                for step in range(steps + 1):  # step 0 warms up
-                    torch.manual_seed(cfg.seed + step)
-                    tower_rows.clear()
-                    start = time.perf_counter()
-                    loss, _ = strategy.training_loss(batch)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    if step:
-                        times.append(time.perf_counter() - start)
+                ms, _ = timed_steps(strategy, batch, steps, cfg.seed, before_step=tower_rows.clear)
                 label = "once" if once else "per_rollout"
-                results.setdefault(f"G{g}", {})[f"{label}_ms"] = 1000 * sum(times) / len(times)
+                results.setdefault(f"G{g}", {})[f"{label}_ms"] = ms
                 results[f"G{g}"][f"{label}_tower_rows"] = sum(tower_rows)
     finally:
         hook.remove()
@@ -253,7 +312,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--fold", type=int, default=1)
-    parser.add_argument("--only", choices=["features", "train", "dpo", "grpo"], default=None)
+    parser.add_argument("--only", choices=["features", "train", "dpo", "grpo", "strategies"], default=None)
     args = parser.parse_args()
     out = Path("runs/bench") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=False)
@@ -271,6 +330,9 @@ def main() -> None:
     if args.only in (None, "dpo"):
         results["dpo"] = bench_dpo(out)
         print_dpo(results["dpo"])
+    if args.only in (None, "strategies"):
+        results["strategies"] = bench_strategies(out)
+        print_strategies(results["strategies"])
     if args.only in (None, "grpo"):
         results["grpo"] = bench_grpo(out)
         print_grpo(results["grpo"])
@@ -284,6 +346,28 @@ def print_dpo(d: dict) -> None:
         f"each): features reused {d['reused_ms']:.0f} ms, recomputed per rollout "
         f"{d['recomputed_ms']:.0f} ms, ratio {d['ratio']:.2f} (same losses both ways: {d['same_losses']})"
     )
+
+
+def print_strategies(d: dict) -> None:
+    print(
+        f"training steps per strategy (tiny, batch {d['batch_size']}, "
+        f"<= {d['max_new_tokens']} rollout tokens):"
+    )
+    for name, r in d["strategies"].items():
+        tokens = (
+            f"{r['rollout_tokens_per_s']:.0f} rollout tokens/s"
+            if "rollout_tokens_per_s" in r
+            else "no rollouts"
+        )
+        memory = (
+            f"peak GPU {r['peak_gpu_mib']:.0f} MiB"
+            if "peak_gpu_mib" in r
+            else f"peak RSS {r['peak_rss_mib']:.0f} MiB"
+        )
+        print(
+            f"  {name:6s} {r['step_ms']:6.0f} ms/step  {r['samples_per_s']:5.1f} samples/s  "
+            f"{tokens}  {memory}"
+        )
 
 
 def print_grpo(d: dict) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +92,23 @@ def resolve_init_from(init_from: str, runs_dir: str | Path, want: dict) -> str:
     if str(init_from).startswith(RUN_PREFIX):
         return str(find_run(runs_dir, str(init_from)[len(RUN_PREFIX) :], want))
     return str(init_from)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made crash-safe: the file is written next to its target, synced, then
+    renamed over it, so a run killed mid-save leaves the previous checkpoint whole, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ambig.checkpoints import load_init, resolve_init_from
+from ambig.checkpoints import AtomicCheckpointIO, load_init, resolve_init_from
 from ambig.config import ConfigError, require_settings
 from ambig.curation.sources import training_cots
 from ambig.data.datamodule import EmotionDataModule, validated_split
@@ -93,6 +93,7 @@ def build_strategy(cfg: DictConfig, model, builder: BatchBuilder, test_builder: 
         name=cfg.strategy.name,
         test_builder=test_builder,
         output_format=cfg.model.get("output_format", "ambig"),
+        on_nonfinite_loss=cfg.on_nonfinite_loss,
         **extra,
     )
 
@@ -108,12 +109,24 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger, trains: bool):
         filename="best-epoch{epoch}-step{step}",
         auto_insert_metric_name=False,
     )
+    callbacks = [checkpoint] if trains else []
+    if trains and cfg.checkpoint_every_n_steps:
+        # last.ckpt every N optimizer steps as well, so a killed run resumes (resume=true) from mid-epoch.
+        callbacks.append(
+            pl.callbacks.ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                every_n_train_steps=int(cfg.checkpoint_every_n_steps),
+                save_top_k=0,
+                save_last=True,
+            )
+        )
     trainer = pl.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         default_root_dir=run_dir,
         logger=logger,
-        callbacks=[checkpoint] if trains else [],
+        callbacks=callbacks,
         enable_checkpointing=trains,
+        plugins=[AtomicCheckpointIO()],
     )
     return trainer, checkpoint
 
@@ -220,7 +233,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     trainer, checkpoint = build_trainer(cfg, run_dir, logger, strategy.trains)
     best = None
     if strategy.trains:
-        trainer.fit(strategy, datamodule=datamodule, ckpt_path=str(resumed_from) if resumed_from else None)
+        # weights_only=False: our own checkpoints also hold the RNG states (numpy and python objects).
+        ckpt = str(resumed_from) if resumed_from else None
+        trainer.fit(strategy, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
         best = checkpoint.best_model_path or None
     trainer.test(strategy, datamodule=datamodule, ckpt_path=best, weights_only=False)
 
@@ -239,6 +254,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "best_checkpoint": best,
         "resumed_from": str(resumed_from) if resumed_from else None,
         "initialised_from": str(initialised_from) if initialised_from else None,
+        "skipped_nonfinite_batches": strategy.skipped_nonfinite,
     }
     write_results(run_dir, metrics, strategy.predictions)
     finish_logger(

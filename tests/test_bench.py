@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ambig.bench import bench_dpo, bench_grpo
+from ambig.bench import bench_dpo, bench_grpo, bench_strategies
 
 
 def test_grpo_bench_reports_both_paths_and_the_audio_tower_rows(isolated):
@@ -20,3 +20,11 @@ def test_grpo_bench_reports_both_paths_and_the_audio_tower_rows(isolated):
 def test_dpo_bench_runs_both_feature_paths(isolated):
     out = bench_dpo(isolated / "bench", batch_size=2, rollouts=2, steps=1, max_new_tokens=4)
     assert out["reused_ms"] > 0 and out["recomputed_ms"] > 0 and out["same_losses"] in (True, False)
+
+
+def test_strategy_bench_reports_throughput_for_every_strategy(isolated):
+    out = bench_strategies(isolated / "bench", batch_size=2, steps=1, max_new_tokens=4)
+    assert set(out["strategies"]) == {"sft", "dpo", "grpo", "grpoz"}
+    for name, r in out["strategies"].items():
+        assert r["step_ms"] > 0 and r["samples_per_s"] == 1000 * 2 / r["step_ms"] and r["peak_rss_mib"] > 0
+        assert ("rollout_tokens_per_s" in r) == (name != "sft")  # SFT samples nothing

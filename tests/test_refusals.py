@@ -98,3 +98,30 @@ def test_wandb_logger_runs_offline_and_writes_no_secret(tmp_path, monkeypatch):
     blobs = b"".join(p.read_bytes() for p in Path(tmp_path).rglob("*") if p.is_file())
     assert b"sk-test-secret-should-not-leak" not in blobs and b"sk-config-secret" not in blobs
     assert b"ambig-test" in blobs or b"sft/fold1" in blobs
+
+
+def test_nan_loss_can_skip_the_batch_and_count_it(tiny_lora, builder, examples, monkeypatch, caplog):
+    model, _ = tiny_lora
+    strategy = SFTStrategy(
+        model,
+        builder,
+        optim=OPTIM,
+        decoding={"max_new_tokens": 4},
+        loss=LOSS,
+        name="sft",
+        on_nonfinite_loss="skip",
+    )
+    batch = builder(examples[:2])
+    monkeypatch.setattr(
+        strategy, "training_loss", lambda b: (torch.tensor(float("inf")), {"ce": torch.tensor(1.0)})
+    )
+    monkeypatch.setattr(strategy, "log", lambda *a, **k: None)
+    with caplog.at_level("WARNING"):
+        assert strategy.training_step(batch, 0) is None  # Lightning skips backward and the optimizer step
+        assert strategy.training_step(batch, 1) is None
+    assert strategy.skipped_nonfinite == 2
+    assert examples[0].record.id in caplog.text and "on_nonfinite_loss=skip, 2 so far" in caplog.text
+    with pytest.raises(ValueError, match="on_nonfinite_loss='ignore'"):
+        SFTStrategy(
+            model, builder, optim=OPTIM, decoding={}, loss=LOSS, name="sft", on_nonfinite_loss="ignore"
+        )

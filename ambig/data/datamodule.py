@@ -6,12 +6,13 @@ from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from ambig.data.audio import AudioError
 from ambig.data.features import FeatureStore
 from ambig.data.folds import FoldSplit
 from ambig.data.records import Record, Skip
+from ambig.data.sampling import ResumableBatches
 from ambig.model.inputs import BatchBuilder, Example
 
 
@@ -72,6 +73,8 @@ class EmotionDataModule(pl.LightningDataModule):
         if int(train_repeats) < 1:
             raise ValueError(f"train_repeats must be >= 1, got {train_repeats}")
         self.train_repeats = int(train_repeats)
+        self.train_batches: ResumableBatches | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
         self.split = split
         self.builder = builder
         self.test_builder = test_builder or builder
@@ -86,31 +89,54 @@ class EmotionDataModule(pl.LightningDataModule):
     ) -> DataLoader:
         """Training batches are shuffled (seeded) and carry targets; evaluation batches need neither.
 
-        With `train_repeats` = mu > 1 each training batch comes mu times in a row (GRPO's num_iterations:
-        one batch of rollouts serves mu optimizer steps, and every utterance is still sampled each epoch).
+        The training order is a `ResumableBatches` sampler: epoch e's order depends on (seed, e) only, a
+        resumed run re-enters its epoch after the batches it had trained on (`state_dict`), and with
+        `train_repeats` = mu > 1 each batch comes mu times in a row (GRPO's num_iterations: one batch of
+        rollouts serves mu optimizer steps, and every utterance is still sampled each epoch).
         """
         builder = builder or self.builder
-        if train and self.train_repeats > 1:
-            # The same generator drives the shuffle as with `shuffle=True`, so the order equals mu = 1's.
-            dataset, generator = EmotionDataset(records, self.store), torch.Generator().manual_seed(self.seed)
-            shuffled = BatchSampler(
-                RandomSampler(dataset, generator=generator), self.batch_size, drop_last=False
-            )
+        dataset = EmotionDataset(records, self.store)
+        if not train:
             return DataLoader(
                 dataset,
-                batch_sampler=RepeatedBatches(shuffled, self.train_repeats),
-                collate_fn=builder,
+                batch_size=self.eval_batch_size,
+                shuffle=False,
+                collate_fn=builder.for_evaluation(),
                 num_workers=self.num_workers,
-                generator=generator,
             )
+        self.train_batches = ResumableBatches(len(dataset), self.batch_size, self.seed, self.train_repeats)
+        if self._resume is not None:
+            self.train_batches.start_at(*self._resume)
+            self._resume = None
         return DataLoader(
-            EmotionDataset(records, self.store),
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            collate_fn=builder if train else builder.for_evaluation(),
+            dataset,
+            batch_sampler=self.train_batches,
+            collate_fn=builder,
             num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            # The iterator draws its workers' base seed from this generator, not from the global RNG (which
+            # drives dropout and sampling), as DataLoader(shuffle=True, generator=...) did.
+            generator=torch.Generator().manual_seed(self.seed),
         )
+
+    # ---- checkpoints: where in the training order a run stands ------------------------------------------
+    def state_dict(self) -> dict:
+        """The epoch and the batches of it already trained on (saved in every checkpoint by Lightning)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {
+            "epoch": int(trainer.current_epoch),
+            "batches_done": int(progress.processed),
+            "epoch_batches": int(trainer.num_training_batches),  # after limit_train_batches
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume: the next training loader starts at the saved position (a finished epoch: the next one)."""
+        if not state:
+            return
+        epoch, done = state["epoch"], state["batches_done"]
+        self._resume = (epoch + 1, 0) if done >= state["epoch_batches"] else (epoch, done)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.split.train, train=True)
@@ -120,19 +146,3 @@ class EmotionDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.split.test, train=False, builder=self.test_builder)
-
-
-class RepeatedBatches(Sampler[list[int]]):
-    """Each batch of `batches` yielded `repeats` times in a row (TRL's RepeatSampler, per batch)."""
-
-    def __init__(self, batches: BatchSampler, repeats: int):
-        self.batches = batches
-        self.repeats = repeats
-
-    def __iter__(self):
-        for batch in self.batches:
-            for _ in range(self.repeats):
-                yield batch
-
-    def __len__(self) -> int:
-        return len(self.batches) * self.repeats

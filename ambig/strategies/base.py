@@ -6,13 +6,16 @@ nothing and is evaluated as it is.
 
 from __future__ import annotations
 
+import logging
 import math
+import random
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from ambig.losses import check_finite
+from ambig.losses import NonFiniteLossError, check_finite
 from ambig.metrics import DistributionMetrics
 from ambig.model.audio_encoding import audio_inputs, audio_tower_frozen, with_encoded_audio
 from ambig.model.formats import FORMATS, parse_output
@@ -20,6 +23,11 @@ from ambig.model.inputs import BatchBuilder
 from ambig.model.readout import readout_log
 from ambig.rollout import Decoded, decode, read_after, sample
 from ambig.strategies.reference import ReferencePolicy
+
+log = logging.getLogger(__name__)
+# What a non-finite training loss does: stop the run (the error names step, utterances and loss parts), or
+# skip the batch and count it.
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 def teacher_forced_logits(model, batch: dict) -> torch.Tensor:
@@ -53,8 +61,15 @@ class AmbigModule(pl.LightningModule):
         name: str,
         test_builder: BatchBuilder | None = None,
         output_format: str = "ambig",
+        on_nonfinite_loss: str = "stop",
     ):
         super().__init__()
+        if on_nonfinite_loss not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"on_nonfinite_loss={on_nonfinite_loss!r}: choose one of {', '.join(NONFINITE_POLICIES)}"
+            )
+        self.on_nonfinite_loss = on_nonfinite_loss
+        self.skipped_nonfinite = 0  # batches skipped for a non-finite loss (on_nonfinite_loss=skip)
         if output_format not in FORMATS:
             raise ValueError(f"model.output_format={output_format!r}: choose one of {', '.join(FORMATS)}")
         self.output_format = output_format
@@ -101,9 +116,20 @@ class AmbigModule(pl.LightningModule):
         if self.reference is not None and self.reference.weights is None:
             self.reference.snapshot()
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         loss, parts = self.training_loss(batch)
-        check_finite(loss, parts, context=f"step {self.global_step}, utterances {batch['ids']}")
+        try:
+            check_finite(loss, parts, context=f"step {self.global_step}, utterances {batch['ids']}")
+        except NonFiniteLossError as err:
+            if self.on_nonfinite_loss == "stop":
+                raise
+            # skip: no backward, no optimizer step for this batch (Lightning skips a None step); counted.
+            self.skipped_nonfinite += 1
+            log.warning(
+                "skipping the batch (on_nonfinite_loss=skip, %d so far): %s", self.skipped_nonfinite, err
+            )
+            self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=len(batch["ids"]))
+            return None
         bs = len(batch["ids"])
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for key, value in parts.items():
@@ -196,10 +222,22 @@ class AmbigModule(pl.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         if self.reference is not None and self.reference.state() is not None:
             checkpoint["reference_weights"] = self.reference.state()
+        # A resumed run continues the random streams (dropout, rollout sampling) where this one stood.
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.reference is not None:
             self.reference.load_state(checkpoint.get("reference_weights"))
+        states = checkpoint.get("rng_states")
+        trainer = self._trainer
+        if states is not None and trainer is not None and trainer.state.fn == "fit":  # resuming, not testing
+            torch.set_rng_state(states["torch"])
+            random.setstate(states["python"])
+            np.random.set_state(states["numpy"])
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:

@@ -51,3 +51,33 @@ def test_the_shuffle_follows_the_seed(make_datamodule):
 def test_repeats_below_one_are_refused(make_datamodule):
     with pytest.raises(ValueError, match="train_repeats must be >= 1"):
         make_datamodule(0)
+
+
+def test_epoch_order_equals_a_seeded_shuffling_dataloaders():
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ambig.data.sampling import ResumableBatches
+
+    loader = DataLoader(
+        list(range(11)), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(3)
+    )
+    expected = [[b.tolist() for b in loader] for _ in range(3)]
+    sampler = ResumableBatches(11, 4, seed=3)
+    assert [list(sampler) for _ in range(3)] == expected
+    sampler.start_at(2, 1)  # a run killed after the first batch of its third epoch
+    assert list(sampler) == expected[2][1:]
+    assert list(sampler) == [b.tolist() for b in loader]  # then epoch 3, as without the interruption
+
+
+def test_the_datamodule_resumes_at_the_saved_position(make_datamodule):
+    full = batch_ids(make_datamodule(2).train_dataloader())
+    resumed = make_datamodule(2)
+    resumed.load_state_dict({"epoch": 0, "batches_done": 3, "epoch_batches": 6})
+    assert batch_ids(resumed.train_dataloader()) == full[3:]
+    finished = make_datamodule(2)
+    finished.load_state_dict({"epoch": 0, "batches_done": 6, "epoch_batches": 6})
+    second_epoch = make_datamodule(2)
+    loader = second_epoch.train_dataloader()
+    batch_ids(loader)
+    assert batch_ids(finished.train_dataloader()) == batch_ids(loader)  # the next epoch's order

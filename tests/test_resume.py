@@ -1,0 +1,77 @@
+"""Crash safety: a training run killed hard (SIGKILL) mid-run resumes with `resume=true` from its last step
+checkpoint (weights, optimizer, scheduler, RNG, data position) and ends with the metrics of an uninterrupted
+run with the same seed; the same config run twice gives the same metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = [
+    "dataset.corpus.n_utterances=30",  # 18 training clips: 5 batches of 4 per epoch
+    "trainer.max_epochs=2",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "decoding.max_new_tokens=8",
+    "batch_size=4",
+    "eval_batch_size=8",
+    "checkpoint_every_n_steps=1",
+    "logger=none",
+]
+METRICS = ("js", "bc", "r2", "brier", "kl", "accuracy")
+
+
+def train(runs: Path, cache: Path, *extra: str, wait: bool = True):
+    env = {**os.environ, "AMBIG_RUNS_DIR": str(runs), "AMBIG_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ambig.train", *ARGS, *extra]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (newest,) = sorted(runs.glob("synthetic/sft/fold1/*/metrics.json"), key=lambda p: p.stat().st_mtime)[-1:]
+    return json.loads(newest.read_text())
+
+
+def kill_after_checkpoints(proc: subprocess.Popen, runs: Path, writes: int) -> Path:
+    """SIGKILL `proc` once its last.ckpt has been (re)written `writes` times; returns that checkpoint."""
+    seen, deadline = set(), time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        for ckpt in runs.glob("synthetic/sft/fold1/*/checkpoints/last.ckpt"):
+            try:
+                seen.add(ckpt.stat().st_mtime_ns)
+            except FileNotFoundError:
+                continue
+            if len(seen) >= writes:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return ckpt
+        time.sleep(0.01)
+    raise AssertionError(
+        f"the run ended or stalled before {writes} checkpoints: {proc.stderr.read()[-2000:]}"
+    )
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
+    cache = tmp_path / "cache"
+    straight = train(tmp_path / "straight", cache)
+    again = train(tmp_path / "again", cache)
+    assert all(again[k] == straight[k] for k in METRICS)  # run to run, same seed and config
+
+    runs = tmp_path / "killed"
+    ckpt = kill_after_checkpoints(train(runs, cache, wait=False), runs, writes=3)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)  # whole, though the process was killed
+    total_steps = 2 * 5
+    assert 0 < state["global_step"] < total_steps
+    assert "rng_states" in state and "EmotionDataModule" in state  # RNG and data position saved
+    resumed = train(runs, cache, "resume=true")
+    assert resumed["resumed_from"].endswith("last.ckpt")
+    for key in METRICS:
+        assert abs(resumed[key] - straight[key]) <= 1e-6, (key, resumed[key], straight[key])
