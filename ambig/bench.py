@@ -32,6 +32,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
 
 def timed_run(args: list[str], runs_dir: Path) -> tuple[float, dict]:
     """Wall time and metrics.json of one `python -m ambig.train` run."""
@@ -129,13 +131,12 @@ def bench_dpo(
     from ambig.rollout import decode, expand
     from ambig.train import build_strategy
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
     overrides = [
         "strategy=dpo",
         f"strategy.num_rollouts={rollouts}",
         f"decoding.max_new_tokens={max_new_tokens}",
     ]
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     torch.manual_seed(cfg.seed)
     model, processor = load_model(cfg.model)
@@ -190,9 +191,9 @@ def bench_dpo(
     }
 
 
-def bench_strategies(out: Path, batch_size: int = 4, steps: int = 3, max_new_tokens: int = 48) -> dict:
-    import resource
-
+def tiny_setup(out: Path, batch_size: int, overrides: list[str]):
+    """(cfg, model, builder, batch): the composed config, its (tiny) model, a CoT batch builder and one batch
+    of `batch_size` synthetic clips with their audio."""
     import torch
     from hydra import compose, initialize_config_dir
 
@@ -200,25 +201,37 @@ def bench_strategies(out: Path, batch_size: int = 4, steps: int = 3, max_new_tok
     from ambig.data.synthetic import CLASSES, SyntheticSpec, load_synthetic
     from ambig.model.inputs import BatchBuilder, Example
     from ambig.model.load import load_model
-    from ambig.train import build_strategy
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        base_cfg = compose("train", overrides=[f"decoding.max_new_tokens={max_new_tokens}"])
-    torch.manual_seed(base_cfg.seed)
-    model, processor = load_model(base_cfg.model)
-    rate = base_cfg.model.sample_rate
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    torch.manual_seed(cfg.seed)
+    model, processor = load_model(cfg.model)
+    rate = cfg.model.sample_rate
     records = load_synthetic(out / "data", SyntheticSpec(n_utterances=batch_size))[:batch_size]
     builder = BatchBuilder(
-        processor, CLASSES, cot=True, ce_answer_word=base_cfg.loss.ce_answer_word, sample_rate=rate
+        processor, CLASSES, cot=True, ce_answer_word=cfg.loss.ce_answer_word, sample_rate=rate
     )
     batch = builder(
-        [Example(r, load_audio(r.audio_path, rate, base_cfg.model.max_audio_seconds)) for r in records]
+        [Example(r, load_audio(r.audio_path, rate, cfg.model.max_audio_seconds)) for r in records]
+    )
+    return cfg, model, builder, batch
+
+
+def bench_strategies(out: Path, batch_size: int = 4, steps: int = 3, max_new_tokens: int = 48) -> dict:
+    import resource
+
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from ambig.train import build_strategy
+
+    base_cfg, model, builder, batch = tiny_setup(
+        out, batch_size, [f"decoding.max_new_tokens={max_new_tokens}"]
     )
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     results = {}
     for name in ("sft", "dpo", "grpo", "grpoz"):
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose(
                 "train", overrides=[f"strategy={name}", f"decoding.max_new_tokens={max_new_tokens}"]
             )
@@ -257,27 +270,11 @@ def bench_grpo(
     steps: int = 3,
     max_new_tokens: int = 48,
 ) -> dict:
-    import torch
-    from hydra import compose, initialize_config_dir
 
-    from ambig.data.audio import load_audio
-    from ambig.data.synthetic import CLASSES, SyntheticSpec, load_synthetic
-    from ambig.model.inputs import BatchBuilder, Example
-    from ambig.model.load import load_model
     from ambig.train import build_strategy
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("train", overrides=["strategy=grpo", f"decoding.max_new_tokens={max_new_tokens}"])
-    torch.manual_seed(cfg.seed)
-    model, processor = load_model(cfg.model)
-    rate = cfg.model.sample_rate
-    records = load_synthetic(out / "data", SyntheticSpec(n_utterances=batch_size))[:batch_size]
-    builder = BatchBuilder(
-        processor, CLASSES, cot=True, ce_answer_word=cfg.loss.ce_answer_word, sample_rate=rate
-    )
-    batch = builder(
-        [Example(r, load_audio(r.audio_path, rate, cfg.model.max_audio_seconds)) for r in records]
+    cfg, model, builder, batch = tiny_setup(
+        out, batch_size, ["strategy=grpo", f"decoding.max_new_tokens={max_new_tokens}"]
     )
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     tower_rows: list[int] = []

@@ -29,6 +29,16 @@ PREDICTIONS = [
 ]
 
 
+# The cell a fake run belongs to unless a test says otherwise.
+DEFAULT_CELL = {
+    "dataset": "iemocap",
+    "strategy": "sft",
+    "model": "tiny",
+    "loss": "ambiguity",
+    "cot": "structured",
+}
+
+
 def fake_metrics(seed: int) -> dict[str, float]:
     """Distinct, plausible metric values for one fake run."""
     rng = np.random.default_rng(seed)
@@ -55,13 +65,7 @@ def write_run(
     **cell: str,
 ) -> Path:
     """A finished run: metrics.json, predictions.jsonl and .hydra/{overrides,config}.yaml under root/name."""
-    cell = {
-        "dataset": "iemocap",
-        "strategy": "sft",
-        "model": "tiny",
-        "loss": "ambiguity",
-        "cot": "structured",
-    } | cell
+    cell = DEFAULT_CELL | cell
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     overrides = [f"{k}={v}" for k, v in cell.items()] + [f"fold={fold}"]
@@ -86,13 +90,7 @@ def write_run(
 
 def write_failed_job(root: Path, name: str, overrides: list[str], fold: int, **cell: str) -> Path:
     """A Hydra job directory without metrics.json."""
-    cell = {
-        "dataset": "iemocap",
-        "strategy": "sft",
-        "model": "tiny",
-        "loss": "ambiguity",
-        "cot": "structured",
-    } | cell
+    cell = DEFAULT_CELL | cell
     job = root / name
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
