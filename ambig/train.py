@@ -256,6 +256,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "initialised_from": str(initialised_from) if initialised_from else None,
         "skipped_nonfinite_batches": strategy.skipped_nonfinite,
     }
+    if not trainer.is_global_zero:  # data parallel: rank zero writes the results (gathered from all ranks)
+        return metrics
     write_results(run_dir, metrics, strategy.predictions)
     finish_logger(
         logger,

@@ -95,16 +95,21 @@ class EmotionDataModule(pl.LightningDataModule):
         rollouts serves mu optimizer steps, and every utterance is still sampled each epoch).
         """
         builder = builder or self.builder
-        dataset = EmotionDataset(records, self.store)
+        rank, world = self.rank_and_world()
         if not train:
+            # Each clip is evaluated exactly once across processes (no padding repeats): rank r takes every
+            # world-th clip; metrics are summed over ranks and predictions gathered by the strategy.
             return DataLoader(
-                dataset,
+                EmotionDataset(list(records)[rank::world], self.store),
                 batch_size=self.eval_batch_size,
                 shuffle=False,
                 collate_fn=builder.for_evaluation(),
                 num_workers=self.num_workers,
             )
-        self.train_batches = ResumableBatches(len(dataset), self.batch_size, self.seed, self.train_repeats)
+        dataset = EmotionDataset(records, self.store)
+        self.train_batches = ResumableBatches(
+            len(dataset), self.batch_size, self.seed, self.train_repeats, rank=rank, world=world
+        )
         if self._resume is not None:
             self.train_batches.start_at(*self._resume)
             self._resume = None
@@ -117,6 +122,13 @@ class EmotionDataModule(pl.LightningDataModule):
             # drives dropout and sampling), as DataLoader(shuffle=True, generator=...) did.
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def rank_and_world(self) -> tuple[int, int]:
+        """(this process's rank, number of processes) of the trainer's strategy; (0, 1) without one."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
 
     # ---- checkpoints: where in the training order a run stands ------------------------------------------
     def state_dict(self) -> dict:

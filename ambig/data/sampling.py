@@ -30,16 +30,21 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 class ResumableBatches(Sampler[list[int]]):
-    """Batches of the epoch's seeded order, each yielded `repeats` times in a row (GRPO's mu).
+    """Batches of the epoch's seeded order, each yielded `repeats` times in a row (GRPO's mu); with
+    `world` > 1 processes, this rank's share of them.
 
     Every `iter()` is one epoch (Lightning iterates the training loader once per epoch). `start_at(epoch,
     done)` makes the next `iter()` be epoch `epoch` without its first `done` batches.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, repeats: int = 1):
-        if n < 1 or batch_size < 1 or repeats < 1:
-            raise ValueError(f"need n, batch_size, repeats >= 1; got {n=}, {batch_size=}, {repeats=}")
+    def __init__(self, n: int, batch_size: int, seed: int, repeats: int = 1, rank: int = 0, world: int = 1):
+        if n < 1 or batch_size < 1 or repeats < 1 or not 0 <= rank < world:
+            raise ValueError(
+                "need n, batch_size, repeats >= 1 and 0 <= rank < world; "
+                f"got {n=}, {batch_size=}, {repeats=}, {rank=}, {world=}"
+            )
         self.n, self.batch_size, self.seed, self.repeats = n, batch_size, seed, repeats
+        self.rank, self.world = rank, world
         self.next_epoch = 0
         self.skip = 0
 
@@ -47,12 +52,15 @@ class ResumableBatches(Sampler[list[int]]):
         self.next_epoch, self.skip = int(epoch), int(done)
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size) * self.repeats
+        return math.ceil(self.n / self.batch_size) // self.world * self.repeats
 
     def __iter__(self):
         epoch, skip = self.next_epoch, self.skip
         self.next_epoch, self.skip = epoch + 1, 0
         order = epoch_order(self.n, self.seed, epoch)
         batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        # Data parallel: rank r takes every world-th batch, all ranks the same number (the remainder waits for
+        # the next epoch's shuffle), so every optimizer step sees world distinct batches.
+        batches = batches[self.rank :: self.world][: len(batches) // self.world]
         repeated = [batch for batch in batches for _ in range(self.repeats)]
         yield from repeated[skip:]

@@ -192,6 +192,9 @@ class AmbigModule(pl.LightningModule):
         self._evaluate(batch, self.test_builder, self.test_metrics, keep=True)
 
     def on_test_epoch_end(self) -> None:
+        # Metrics: torchmetrics sums the states of every process. Predictions: each process holds its share
+        # of the clips; all of them are gathered (in the test set's order) so rank zero can write them.
+        self.predictions = gather_predictions(self.predictions)
         self.test_results = {k: float(v) for k, v in self.test_metrics.compute().items()}
         self._log_metrics("test", self.test_metrics)
 
@@ -199,7 +202,8 @@ class AmbigModule(pl.LightningModule):
         values = metrics.compute()
         for key, value in values.items():
             if key != "n":
-                self.log(f"{stage}/{key}", value.float(), prog_bar=key == "js")
+                # already summed over processes by torchmetrics; sync_dist only silences the DDP warning
+                self.log(f"{stage}/{key}", value.float(), prog_bar=key == "js", sync_dist=True)
         metrics.reset()
 
     # ---- optimiser --------------------------------------------------------------------------------------
@@ -238,6 +242,23 @@ class AmbigModule(pl.LightningModule):
             torch.set_rng_state(states["torch"])
             random.setstate(states["python"])
             np.random.set_state(states["numpy"])
+
+
+def gather_predictions(rows: list[dict]) -> list[dict]:
+    """Every process's prediction rows, interleaved back into the order of the test set.
+
+    The evaluation loaders give rank r the clips r, r + world, ... (ambig.data.datamodule), so row i of rank r
+    is clip i * world + r. Single process: the rows as they are.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return rows
+    world = torch.distributed.get_world_size()
+    shares: list[list[dict]] = [[] for _ in range(world)]
+    torch.distributed.all_gather_object(shares, rows)
+    merged = []
+    for i in range(max(map(len, shares))):
+        merged.extend(share[i] for share in shares if i < len(share))
+    return merged
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:

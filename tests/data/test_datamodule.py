@@ -81,3 +81,13 @@ def test_the_datamodule_resumes_at_the_saved_position(make_datamodule):
     loader = second_epoch.train_dataloader()
     batch_ids(loader)
     assert batch_ids(finished.train_dataloader()) == batch_ids(loader)  # the next epoch's order
+
+
+def test_ranks_share_the_batches_of_an_epoch_evenly_and_disjointly():
+    from ambig.data.sampling import ResumableBatches
+
+    whole = list(ResumableBatches(23, 4, seed=1))  # 6 batches
+    shares = [list(ResumableBatches(23, 4, seed=1, rank=r, world=4)) for r in range(4)]
+    assert [len(s) for s in shares] == [1, 1, 1, 1]  # 6 // 4 each; the remainder waits for another epoch
+    assert [s[0] for s in shares] == whole[:4]
+    assert len(ResumableBatches(23, 4, seed=1, rank=1, world=2, repeats=3)) == 9
