@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import hydra
@@ -94,6 +95,7 @@ def build_strategy(cfg: DictConfig, model, builder: BatchBuilder, test_builder: 
         test_builder=test_builder,
         output_format=cfg.model.get("output_format", "ambig"),
         on_nonfinite_loss=cfg.on_nonfinite_loss,
+        tts=OmegaConf.to_container(cfg.tts, resolve=True) if cfg.get("tts") else None,
         **extra,
     )
 
@@ -237,7 +239,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         ckpt = str(resumed_from) if resumed_from else None
         trainer.fit(strategy, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
         best = checkpoint.best_model_path or None
+    test_start = time.perf_counter()
     trainer.test(strategy, datamodule=datamodule, ckpt_path=best, weights_only=False)
+    test_seconds = time.perf_counter() - test_start
 
     metrics = {
         **strategy.test_results,
@@ -256,6 +260,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "initialised_from": str(initialised_from) if initialised_from else None,
         "skipped_nonfinite_batches": strategy.skipped_nonfinite,
     }
+    if cfg.get("tts"):  # test-time scaling (python -m ambig.evaluate): the strategy and its compute
+        clips = max(strategy.compute["clips"], 1.0)
+        metrics["tts"] = {"name": cfg.tts.name, "n": int(cfg.tts.n)}
+        metrics["compute"] = {
+            "generated_tokens_per_clip": strategy.compute["generated_tokens"] / clips,
+            "forward_passes_per_clip": strategy.compute["forward_passes"] / clips,
+            "test_wall_s": test_seconds,
+        }
     if not trainer.is_global_zero:  # data parallel: rank zero writes the results (gathered from all ranks)
         return metrics
     write_results(run_dir, metrics, strategy.predictions)

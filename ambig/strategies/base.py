@@ -23,6 +23,7 @@ from ambig.model.inputs import BatchBuilder
 from ambig.model.readout import readout_log
 from ambig.rollout import Decoded, decode, read_after, sample
 from ambig.strategies.reference import ReferencePolicy
+from ambig.tts.strategies import check_tts, run_tts
 
 log = logging.getLogger(__name__)
 # What a non-finite training loss does: stop the run (the error names step, utterances and loss parts), or
@@ -62,8 +63,13 @@ class AmbigModule(pl.LightningModule):
         test_builder: BatchBuilder | None = None,
         output_format: str = "ambig",
         on_nonfinite_loss: str = "stop",
+        tts: dict | None = None,
     ):
         super().__init__()
+        if tts is not None:
+            check_tts(tts)
+        self.tts = tts  # test-time scaling at test (ambig.tts.strategies); None: the default read-out
+        self.compute = {"clips": 0.0, "generated_tokens": 0.0, "forward_passes": 0.0}
         if on_nonfinite_loss not in NONFINITE_POLICIES:
             raise ValueError(
                 f"on_nonfinite_loss={on_nonfinite_loss!r}: choose one of {', '.join(NONFINITE_POLICIES)}"
@@ -166,10 +172,24 @@ class AmbigModule(pl.LightningModule):
         empty = [[] for _ in batch["ids"]]
         return read_after(self.model, batch, builder, empty), [None] * len(empty)
 
-    def _evaluate(self, batch: dict, builder: BatchBuilder, metrics: DistributionMetrics, keep: bool) -> None:
-        log_q, texts = self.predict_log_q(batch, builder)
-        q = log_q.exp().float()
-        q = q / q.sum(-1, keepdim=True)
+    def _evaluate(
+        self,
+        batch: dict,
+        builder: BatchBuilder,
+        metrics: DistributionMetrics,
+        keep: bool,
+        tts: dict | None = None,
+    ) -> None:
+        if tts is not None:
+            out = run_tts(self.model, batch, builder, tts)
+            q, texts = out.q.to(batch["p"].device), out.texts
+            self.compute["clips"] += len(batch["ids"])
+            self.compute["generated_tokens"] += float(out.tokens.sum())
+            self.compute["forward_passes"] += float(out.forwards.sum())
+        else:
+            log_q, texts = self.predict_log_q(batch, builder)
+            q = log_q.exp().float()
+            q = q / q.sum(-1, keepdim=True)
         metrics.update(batch["p"].to(q.device), q)
         if keep:
             for i, uid in enumerate(batch["ids"]):
@@ -187,14 +207,16 @@ class AmbigModule(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.predictions = []
+        self.compute = dict.fromkeys(self.compute, 0.0)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_builder, self.test_metrics, keep=True)
+        self._evaluate(batch, self.test_builder, self.test_metrics, keep=True, tts=self.tts)
 
     def on_test_epoch_end(self) -> None:
         # Metrics: torchmetrics sums the states of every process. Predictions: each process holds its share
         # of the clips; all of them are gathered (in the test set's order) so rank zero can write them.
         self.predictions = gather_predictions(self.predictions)
+        self.compute = summed_over_processes(self.compute)
         self.test_results = {k: float(v) for k, v in self.test_metrics.compute().items()}
         self._log_metrics("test", self.test_metrics)
 
@@ -242,6 +264,17 @@ class AmbigModule(pl.LightningModule):
             torch.set_rng_state(states["torch"])
             random.setstate(states["python"])
             np.random.set_state(states["numpy"])
+
+
+def summed_over_processes(counts: dict[str, float]) -> dict[str, float]:
+    """Each count summed over the data-parallel processes (as they are with one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return counts
+    nccl = torch.distributed.get_backend() == "nccl"  # NCCL reduces GPU tensors only
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    values = torch.tensor(list(counts.values()), dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(values)
+    return dict(zip(counts, values.tolist(), strict=True))
 
 
 def gather_predictions(rows: list[dict]) -> list[dict]:

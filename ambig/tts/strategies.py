@@ -1,0 +1,96 @@
+"""Test-time scaling strategies (`conf/tts/`): how a clip's predicted distribution is computed at evaluation.
+
+- `direct`: no reasoning; q read right after the prompt and the answer prefix (one forward).
+- `cot_greedy`: one greedy trajectory, then its read-out.
+- `self_consistency`: N sampled trajectories, the mean of their read-outs.
+- `vote`: N sampled trajectories, q = the frequencies of their answers (argmax of each read-out).
+- `weighted_best_of_n`: N sampled trajectories, read-outs weighted by softmax(length-normalised
+  log-likelihood / temperature); N = 1 gives that trajectory's read-out.
+
+Compute is counted per clip: generated tokens, and forward passes (one per generated token, plus a read-out
+appended after a trajectory without the answer prefix, plus one scoring pass per trajectory for the
+likelihood weights), so quality can be plotted against compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ambig.model.inputs import BatchBuilder, completion_batch
+from ambig.rollout import completions, decode, expand, read_after, sample
+from ambig.tts.combine import likelihood_weights, mean_readout, vote, weighted
+
+TTS_STRATEGIES = ("direct", "cot_greedy", "self_consistency", "vote", "weighted_best_of_n")
+SAMPLED = ("self_consistency", "vote", "weighted_best_of_n")
+
+
+@dataclass
+class TTSOutput:
+    """Per clip: q (B, K), the first trajectory's text (None: direct), generated tokens, forwards (B,)."""
+
+    q: Tensor
+    texts: list[str | None]
+    tokens: Tensor
+    forwards: Tensor
+
+
+def check_tts(tts: dict) -> None:
+    if tts["name"] not in TTS_STRATEGIES:
+        raise ValueError(f"tts={tts['name']!r}: choose one of {', '.join(TTS_STRATEGIES)}")
+    if tts["name"] in SAMPLED and int(tts["n"]) < 1:
+        raise ValueError(f"tts.n must be >= 1, got {tts['n']}")
+
+
+def normalised(log_q: Tensor) -> Tensor:
+    q = log_q.exp().float()
+    return q / q.sum(-1, keepdim=True)
+
+
+@torch.no_grad()
+def run_tts(model, batch: dict, builder: BatchBuilder, tts: dict) -> TTSOutput:
+    """The clip-level prediction of `batch` under strategy `tts` (a resolved conf/tts entry)."""
+    check_tts(tts)
+    n_clips = len(batch["ids"])
+    if tts["name"] == "direct":
+        q = normalised(read_after(model, batch, builder, [[] for _ in range(n_clips)]))
+        return TTSOutput(q, [None] * n_clips, torch.zeros(n_clips), torch.ones(n_clips))
+    if tts["name"] == "cot_greedy":
+        out = decode(model, batch, builder, max_new_tokens=int(tts["max_new_tokens"]))
+        tokens = torch.tensor([len(t) for t in out.tokens], dtype=torch.float32)
+        forwards = tokens + (~out.from_generation).float()
+        return TTSOutput(normalised(out.log_q), out.texts, tokens, forwards)
+    n = int(tts["n"])
+    sampling = {"max_new_tokens": int(tts["max_new_tokens"]), "temperature": float(tts["temperature"])}
+    out = sample(model, batch, builder, n=n, top_p=float(tts["top_p"]), **sampling)
+    q_all = normalised(out.log_q).view(n_clips, n, -1)
+    lengths = torch.tensor([len(t) for t in out.tokens], dtype=torch.float32).view(n_clips, n)
+    forwards = lengths.sum(1) + (~out.from_generation).float().view(n_clips, n).sum(1)
+    if tts["name"] == "self_consistency":
+        q = torch.stack([mean_readout(q_all[c]) for c in range(n_clips)])
+    elif tts["name"] == "vote":
+        q = torch.stack([vote(q_all[c]) for c in range(n_clips)])
+    else:
+        logps, scored = trajectory_logps(model, batch, builder, out, n, int(tts["max_new_tokens"]))
+        weights = [
+            likelihood_weights(logps[c], scored[c], float(tts["likelihood_temperature"]))
+            for c in range(n_clips)
+        ]
+        q = torch.stack([weighted(q_all[c], weights[c]) for c in range(n_clips)])
+        forwards = forwards + n  # one scoring pass per trajectory
+    texts = [out.texts[c * n] for c in range(n_clips)]
+    return TTSOutput(q, texts, lengths.sum(1), forwards)
+
+
+def trajectory_logps(model, batch: dict, builder: BatchBuilder, out, n: int, max_new_tokens: int):
+    """Summed token log-likelihood (clips, n) of each trajectory under the model, and its scored length."""
+    from ambig.strategies.base import teacher_forced_logits  # strategies import this module
+    from ambig.strategies.grpo import token_logps
+
+    seqs = completion_batch(builder, expand(batch, n), completions(out, builder, max_new_tokens))
+    mask = seqs["completion_mask"][:, 1:].float()
+    per_token = token_logps(teacher_forced_logits(model, seqs), seqs["input_ids"]) * mask
+    n_clips = len(batch["ids"])
+    return per_token.sum(-1).view(n_clips, n).cpu(), mask.sum(-1).clamp(min=1).view(n_clips, n).cpu()

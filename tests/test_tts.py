@@ -1,0 +1,81 @@
+"""Test-time scaling strategies on the tiny model (ambig.tts.strategies) and `python -m ambig.evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from test_train import FAST, make_cfg
+
+from ambig.evaluate import evaluate
+from ambig.train import run
+from ambig.tts.strategies import TTS_STRATEGIES, run_tts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tts(name: str, n: int = 3, **extra):
+    return {"name": name, "n": n, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 6,
+            "likelihood_temperature": 1.0, **extra}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", TTS_STRATEGIES)
+def test_every_strategy_gives_distributions_and_counts_its_compute(tiny_lora, builder, examples, name):
+    model, _ = tiny_lora
+    batch = builder.for_evaluation()(examples[:2])
+    torch.manual_seed(0)
+    out = run_tts(model, batch, builder, tts(name))
+    assert out.q.shape == (2, len(builder.classes))
+    torch.testing.assert_close(out.q.sum(-1), torch.ones(2))
+    if name == "direct":
+        assert out.tokens.tolist() == [0, 0] and out.forwards.tolist() == [1, 1] and out.texts == [None, None]
+    else:
+        n = 1 if name == "cot_greedy" else 3
+        assert (out.tokens <= 6 * n).all() and (out.tokens >= n).all() and (out.forwards >= out.tokens).all()
+        assert all(isinstance(t, str) for t in out.texts)
+    if name == "vote":  # frequencies of 3 answers
+        assert torch.allclose(out.q * 3, (out.q * 3).round(), atol=1e-5)
+    if name == "weighted_best_of_n":  # one scoring pass per trajectory on top of generation
+        assert (out.forwards >= out.tokens + 3).all()
+
+
+def test_one_trajectory_weighted_equals_its_own_read_out(tiny_lora, builder, examples):
+    model, _ = tiny_lora
+    batch = builder.for_evaluation()(examples[:2])
+    torch.manual_seed(4)
+    best_of_one = run_tts(model, batch, builder, tts("weighted_best_of_n", n=1))
+    torch.manual_seed(4)
+    single = run_tts(model, batch, builder, tts("self_consistency", n=1))
+    torch.testing.assert_close(best_of_one.q, single.q)
+
+
+def test_unknown_strategy_is_refused(tiny_lora, builder, examples):
+    with pytest.raises(ValueError, match="tts='beam'"):
+        run_tts(tiny_lora[0], builder.for_evaluation()(examples[:1]), builder, tts("beam"))
+
+
+def test_evaluate_a_trained_checkpoint_writes_metrics_with_compute(isolated):
+    sft = run(make_cfg(), isolated / "sft")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "evaluate",
+            overrides=[
+                *FAST,
+                "tts=vote",
+                "tts.n=2",
+                "decoding.max_new_tokens=6",
+                f"checkpoint={isolated / 'sft'}",
+            ],
+        )
+    metrics = evaluate(cfg, isolated / "eval")
+    assert metrics["strategy"] == "base" and metrics["tts"] == {"name": "vote", "n": 2}
+    assert metrics["initialised_from"] == sft["best_checkpoint"]
+    compute = metrics["compute"]
+    assert 2 <= compute["generated_tokens_per_clip"] <= 12 and compute["forward_passes_per_clip"] >= 2
+    assert compute["test_wall_s"] > 0
+    rows = [json.loads(x) for x in (isolated / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == metrics["n"] and all(abs(sum(r["q"]) - 1) < 1e-5 for r in rows)
+    assert all(abs(v * 2 - round(v * 2)) < 1e-5 for r in rows for v in r["q"])  # votes of 2 trajectories
