@@ -79,3 +79,24 @@ def test_evaluate_a_trained_checkpoint_writes_metrics_with_compute(isolated):
     rows = [json.loads(x) for x in (isolated / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == metrics["n"] and all(abs(sum(r["q"]) - 1) < 1e-5 for r in rows)
     assert all(abs(v * 2 - round(v * 2)) < 1e-5 for r in rows for v in r["q"])  # votes of 2 trajectories
+
+
+def test_the_sweep_runs_at_smoke_scale_and_the_report_draws_compute_vs_quality(isolated):
+    import os
+    import subprocess
+    import sys
+
+    from ambig.report.build import build_report
+
+    env = {**os.environ, "AMBIG_RUNS_DIR": str(isolated / "runs"), "AMBIG_CACHE_DIR": str(isolated / "cache")}
+    cmd = [sys.executable, "-m", "ambig.evaluate", "-m", "experiment=tts_sweep", "scale=smoke", "tts.n=1,2"]
+    cmd += ["dataset.corpus.n_utterances=30", "logger=none", "decoding.max_new_tokens=6"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (isolated / "runs" / "multirun").glob("*")
+    report = build_report([sweep])
+    labels = {c.key.strategy for c in report.aggregate.cells}
+    assert labels == {
+        f"base+{t}-n{n}" for t in ("self_consistency", "vote", "weighted_best_of_n") for n in (1, 2)
+    }
+    assert (report.out_dir / "tts_compute.png").read_bytes()[:4] == b"\x89PNG"

@@ -177,13 +177,21 @@ def parse_metrics(data: object) -> tuple[CellKey, int, dict[str, float], tuple[s
     cell = CellKey(
         dataset=dataset,
         test_dataset=str(test_dataset),
-        strategy=str(data["strategy"]),
+        strategy=strategy_label(data),
         model=str(data["model"]),
         loss=str(data["loss"]),
         cot=str(data["cot"]),
     )
     classes = tuple(str(c) for c in data.get("classes") or ())
     return cell, fold, metrics, classes
+
+
+def strategy_label(data: dict) -> str:
+    """The strategy, with the test-time scaling strategy and N of an `ambig.evaluate` run: `base+vote-n4`."""
+    tts = data.get("tts")
+    if not tts:
+        return str(data["strategy"])
+    return f"{data['strategy']}+{tts['name']}-n{tts['n']}"
 
 
 def read_run(run_dir: Path) -> Run | FailedRun:

@@ -6,6 +6,7 @@ Plotting is kept apart from the numbers it plots: :func:`reliability_bins`, :fun
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -205,10 +206,45 @@ def draw_cell_figures(cell: Cell, fields: list[str], out_dir: Path, figures: Fig
     draw_examples(classes, predictions, title, out_dir / f"examples_{stem}.png", figures)
 
 
+def tts_points(cells: list[Cell]) -> dict[tuple[str, str], list[tuple[float, float, int]]]:
+    """Test-time scaling runs (`ambig.evaluate`): per (data, tts strategy), sorted points (generated tokens
+    per clip, JS, N), each averaged over the cell's folds; tokens are read from the runs' metrics.json."""
+    lines: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
+    for cell in cells:
+        docs = [json.loads((run.path / "metrics.json").read_text()) for run in cell.runs]
+        if not docs or "tts" not in docs[0] or "compute" not in docs[0]:
+            continue
+        tokens = float(np.mean([d["compute"]["generated_tokens_per_clip"] for d in docs]))
+        name, n = docs[0]["tts"]["name"], int(docs[0]["tts"]["n"])
+        line = (cell.key.data_label, f"{cell.key.model} {name}")
+        lines.setdefault(line, []).append((tokens, cell.stats["js"].mean, n))
+    return {k: sorted(v) for k, v in lines.items()}
+
+
+def draw_tts(cells: list[Cell], out_dir: Path, figures: Figures) -> None:
+    """tts_compute.png: test JS against generated tokens per clip, a line per test-time scaling strategy."""
+    lines = tts_points(cells)
+    if not lines:
+        return
+    fig = new_figure(6.0, 4.0)
+    ax = fig.subplots()
+    for (data, label), points in lines.items():
+        xs, ys, ns = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o", label=f"{label} ({data})")
+        for x, y, n in points:
+            ax.annotate(f"N={n}", (x, y), fontsize="x-small", textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("generated tokens per clip")
+    ax.set_ylabel("JS divergence (lower is better)")
+    ax.set_title("Test-time scaling: quality vs compute")
+    ax.legend(fontsize="small")
+    save(fig, out_dir / "tts_compute.png", figures)
+
+
 def draw_figures(cells: list[Cell], out_dir: Path) -> Figures:
     """All figures of the report into ``out_dir``."""
     figures = Figures()
     draw_fig2(cells, out_dir, figures)
+    draw_tts(cells, out_dir, figures)
     for group_cells in group_tables(cells).values():
         for cell in group_cells:
             same_strategy = [c.key for c in group_cells if c.key.strategy == cell.key.strategy]
