@@ -38,7 +38,7 @@ def test_every_strategy_gives_distributions_and_counts_its_compute(tiny_lora, bu
         assert all(isinstance(t, str) for t in out.texts)
     if name == "vote":  # frequencies of 3 answers
         assert torch.allclose(out.q * 3, (out.q * 3).round(), atol=1e-5)
-    if name == "weighted_best_of_n":  # one scoring pass per trajectory on top of generation
+    if name in ("weighted_best_of_n", "verifier"):  # one scoring pass per trajectory on top of generation
         assert (out.forwards >= out.tokens + 3).all()
 
 
@@ -50,6 +50,33 @@ def test_one_trajectory_weighted_equals_its_own_read_out(tiny_lora, builder, exa
     torch.manual_seed(4)
     single = run_tts(model, batch, builder, tts("self_consistency", n=1))
     torch.testing.assert_close(best_of_one.q, single.q)
+    torch.manual_seed(4)
+    verified_one = run_tts(model, batch, builder, tts("verifier", n=1))
+    torch.testing.assert_close(verified_one.q, single.q)
+
+
+def test_verifier_scores_are_the_models_p_yes_after_the_verification_turn(tiny_lora, builder, examples):
+    from ambig.model.audio_encoding import audio_inputs
+    from ambig.model.prompt import verification_turn
+    from ambig.rollout import prompt_rows, sample
+    from ambig.tts.strategies import verifier_scores, yes_no_ids
+
+    model, _ = tiny_lora
+    batch = builder.for_evaluation()(examples[:2])
+    torch.manual_seed(5)
+    out = sample(model, batch, builder, n=2, max_new_tokens=5, temperature=1.0, top_p=1.0)
+    scores = verifier_scores(model, batch, builder, out, 2)
+    assert scores.shape == (2, 2) and ((scores > 0) & (scores < 1)).all()
+    # row 3 (clip 1, trajectory 1) alone, built by hand
+    turn = builder.tokenizer(verification_turn(), add_special_tokens=False).input_ids
+    head = prompt_rows(batch)[1]
+    ids = torch.tensor([head + out.tokens[3] + turn])
+    one = {k: v[1:2] for k, v in batch.items() if k in ("input_features", "feature_attention_mask")}
+    with torch.no_grad():
+        logits = model(**audio_inputs(model, ids, one)).logits[0, -1]
+    yes, no = yes_no_ids(builder)
+    expected = torch.softmax(logits[[yes, no]].float(), dim=-1)[0]
+    torch.testing.assert_close(scores[1, 1], expected, atol=1e-5, rtol=0)
 
 
 def test_unknown_strategy_is_refused(tiny_lora, builder, examples):
@@ -97,6 +124,8 @@ def test_the_sweep_runs_at_smoke_scale_and_the_report_draws_compute_vs_quality(i
     report = build_report([sweep])
     labels = {c.key.strategy for c in report.aggregate.cells}
     assert labels == {
-        f"base+{t}-n{n}" for t in ("self_consistency", "vote", "weighted_best_of_n") for n in (1, 2)
+        f"base+{t}-n{n}"
+        for t in ("self_consistency", "vote", "weighted_best_of_n", "verifier")
+        for n in (1, 2)
     }
     assert (report.out_dir / "tts_compute.png").read_bytes()[:4] == b"\x89PNG"

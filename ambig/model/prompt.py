@@ -63,6 +63,17 @@ def chat_prompt(classes: Sequence[str], transcript: str | None, cot: bool) -> st
     )
 
 
+VERIFY_QUESTION = (
+    "Is this analysis consistent with the audio and the transcript? Answer with one word: yes or no."
+)
+
+
+def verification_turn() -> str:
+    """What follows a finished trajectory to ask the model to check it (tts=verifier): the end of the
+    assistant turn, a user turn with the question, and the start of the assistant's one-word answer."""
+    return f"{END_OF_TURN}\n<|im_start|>user\n{VERIFY_QUESTION}{END_OF_TURN}\n<|im_start|>assistant\n"
+
+
 def target_before_answer(cot_body: str | None) -> str:
     """The assistant text up to and including the answer prefix; the emotion word follows it."""
     return f"{cot_body.rstrip()}\n{ANSWER_PREFIX}" if cot_body else ANSWER_PREFIX

@@ -6,6 +6,9 @@
 - `vote`: N sampled trajectories, q = the frequencies of their answers (argmax of each read-out).
 - `weighted_best_of_n`: N sampled trajectories, read-outs weighted by softmax(length-normalised
   log-likelihood / temperature); N = 1 gives that trajectory's read-out.
+- `verifier`: N sampled trajectories, each then checked by the model itself (a user turn asks whether the
+  analysis is consistent with the audio; p(yes) = softmax over the first tokens of "yes" and "no"), read-outs
+  weighted by p(yes).
 
 Compute is counted per clip: generated tokens, and forward passes (one per generated token, plus a read-out
 appended after a trajectory without the answer prefix, plus one scoring pass per trajectory for the
@@ -23,8 +26,8 @@ from ambig.model.inputs import BatchBuilder, completion_batch
 from ambig.rollout import completions, decode, expand, read_after, sample
 from ambig.tts.combine import likelihood_weights, mean_readout, vote, weighted
 
-TTS_STRATEGIES = ("direct", "cot_greedy", "self_consistency", "vote", "weighted_best_of_n")
-SAMPLED = ("self_consistency", "vote", "weighted_best_of_n")
+TTS_STRATEGIES = ("direct", "cot_greedy", "self_consistency", "vote", "weighted_best_of_n", "verifier")
+SAMPLED = ("self_consistency", "vote", "weighted_best_of_n", "verifier")
 
 
 @dataclass
@@ -72,6 +75,10 @@ def run_tts(model, batch: dict, builder: BatchBuilder, tts: dict) -> TTSOutput:
         q = torch.stack([mean_readout(q_all[c]) for c in range(n_clips)])
     elif tts["name"] == "vote":
         q = torch.stack([vote(q_all[c]) for c in range(n_clips)])
+    elif tts["name"] == "verifier":
+        p_yes = verifier_scores(model, batch, builder, out, n)
+        q = torch.stack([weighted(q_all[c], p_yes[c]) for c in range(n_clips)])
+        forwards = forwards + n  # one verification pass per trajectory
     else:
         logps, scored = trajectory_logps(model, batch, builder, out, n, int(tts["max_new_tokens"]))
         weights = [
@@ -94,3 +101,32 @@ def trajectory_logps(model, batch: dict, builder: BatchBuilder, out, n: int, max
     per_token = token_logps(teacher_forced_logits(model, seqs), seqs["input_ids"]) * mask
     n_clips = len(batch["ids"])
     return per_token.sum(-1).view(n_clips, n).cpu(), mask.sum(-1).clamp(min=1).view(n_clips, n).cpu()
+
+
+def yes_no_ids(builder: BatchBuilder) -> tuple[int, int]:
+    """The first token of "yes" and of "no" as the assistant's first word; refused if they coincide."""
+    yes, no = (builder.tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("yes", "no"))
+    if yes == no:
+        raise ValueError("'yes' and 'no' start with the same token: the verifier cannot tell them apart")
+    return yes, no
+
+
+@torch.no_grad()
+def verifier_scores(model, batch: dict, builder: BatchBuilder, out, n: int) -> Tensor:
+    """p(yes) (clips, n) of each trajectory under the model asked to verify it (prompt with the audio,
+    the trajectory, then `ambig.model.prompt.verification_turn`)."""
+    from ambig.model.audio_encoding import audio_inputs
+    from ambig.model.inputs import left_pad, positions
+    from ambig.model.prompt import verification_turn
+    from ambig.rollout import prompt_rows
+
+    wide = expand(batch, n)
+    turn = builder.tokenizer(verification_turn(), add_special_tokens=False).input_ids
+    rows = [head + tail + turn for head, tail in zip(prompt_rows(wide), out.tokens, strict=True)]
+    ids, mask = left_pad(rows, builder.pad_id)
+    device = batch["prompt_ids"].device
+    ids, mask = ids.to(device), mask.to(device)
+    logits = model(**audio_inputs(model, ids, wide), attention_mask=mask, position_ids=positions(mask)).logits
+    yes, no = yes_no_ids(builder)
+    p_yes = torch.softmax(logits[:, -1, [yes, no]].float(), dim=-1)[:, 0]
+    return p_yes.view(len(batch["ids"]), n).cpu()
