@@ -59,16 +59,22 @@ def prompt_rows(batch: dict) -> list[list[int]]:
 
 
 @torch.no_grad()
-def read_after(model, batch: dict, builder: BatchBuilder, continuations: list[list[int]]) -> torch.Tensor:
-    """log q after prompt + continuation + answer prefix, one forward for the batch."""
-    pairs = zip(prompt_rows(batch), continuations, strict=True)
-    rows = [head + cont + builder.prefix_ids for head, cont in pairs]
+def last_logits(model, batch: dict, builder: BatchBuilder, tails: list[list[int]]) -> torch.Tensor:
+    """Next-token logits (B, V) after each row's prompt (with its audio) + `tails[i]`, one forward."""
+    rows = [head + tail for head, tail in zip(prompt_rows(batch), tails, strict=True)]
     ids, mask = left_pad(rows, builder.pad_id)
     ids, mask = ids.to(batch["prompt_ids"].device), mask.to(batch["prompt_ids"].device)
     logits = model(
         **audio_inputs(model, ids, batch), attention_mask=mask, position_ids=positions(mask)
     ).logits
-    return readout_log(logits[:, -1], builder.class_ids)
+    return logits[:, -1]
+
+
+@torch.no_grad()
+def read_after(model, batch: dict, builder: BatchBuilder, continuations: list[list[int]]) -> torch.Tensor:
+    """log q after prompt + continuation + answer prefix, one forward for the batch."""
+    tails = [cont + builder.prefix_ids for cont in continuations]
+    return readout_log(last_logits(model, batch, builder, tails), builder.class_ids)
 
 
 @torch.no_grad()

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from ambig.model.inputs import BatchBuilder, completion_batch
-from ambig.rollout import completions, decode, expand, read_after, sample
+from ambig.model.prompt import verification_turn
+from ambig.rollout import completions, decode, expand, last_logits, read_after, sample
 from ambig.tts.combine import likelihood_weights, mean_readout, vote, weighted
 
 TTS_STRATEGIES = ("direct", "cot_greedy", "self_consistency", "vote", "weighted_best_of_n", "verifier")
@@ -115,18 +116,8 @@ def yes_no_ids(builder: BatchBuilder) -> tuple[int, int]:
 def verifier_scores(model, batch: dict, builder: BatchBuilder, out, n: int) -> Tensor:
     """p(yes) (clips, n) of each trajectory under the model asked to verify it (prompt with the audio,
     the trajectory, then `ambig.model.prompt.verification_turn`)."""
-    from ambig.model.audio_encoding import audio_inputs
-    from ambig.model.inputs import left_pad, positions
-    from ambig.model.prompt import verification_turn
-    from ambig.rollout import prompt_rows
-
-    wide = expand(batch, n)
     turn = builder.tokenizer(verification_turn(), add_special_tokens=False).input_ids
-    rows = [head + tail + turn for head, tail in zip(prompt_rows(wide), out.tokens, strict=True)]
-    ids, mask = left_pad(rows, builder.pad_id)
-    device = batch["prompt_ids"].device
-    ids, mask = ids.to(device), mask.to(device)
-    logits = model(**audio_inputs(model, ids, wide), attention_mask=mask, position_ids=positions(mask)).logits
+    logits = last_logits(model, expand(batch, n), builder, [tail + turn for tail in out.tokens])
     yes, no = yes_no_ids(builder)
-    p_yes = torch.softmax(logits[:, -1, [yes, no]].float(), dim=-1)[:, 0]
+    p_yes = torch.softmax(logits[:, [yes, no]].float(), dim=-1)[:, 0]
     return p_yes.view(len(batch["ids"]), n).cpu()
