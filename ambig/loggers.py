@@ -89,3 +89,7 @@ def finish_logger(logger, metrics: dict, predictions: list[dict], records: dict,
             table = predictions_table(predictions, records, metrics["classes"], n_examples)
             logger.experiment.log({"test/predictions": table})
         wandb.finish()
+        # finish() can return before the W&B service has flushed the run's transaction log (an offline
+        # run-<id>.wandb was seen at 7 bytes right after it); shutting the service down waits for the
+        # write, so the run's files are complete when the job returns (the next job starts a new service).
+        wandb.teardown()
