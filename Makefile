@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: install train test lint bench clean-cache table2 fig2 table3 smoke report
+.PHONY: install train test lint bench bench-gpu clean-cache table2 fig2 table3 smoke report
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m ambig.bench $(ARGS)
+
+# The 7B architecture with random weights on a CUDA GPU (prints why it skipped without one).
+bench-gpu: $(STAMP)
+	$(BIN)/python -m ambig.bench_gpu $(ARGS)
 
 # The paper's experiments (conf/experiment/*.yaml): full runs need the corpora (export IEMOCAP_ROOT, CREMA_D_ROOT)
 # and a GPU; add ARGS="scale=smoke" for a CPU check of every cell, or hydra/launcher=slurm for a cluster.

@@ -122,8 +122,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger, trains: bool):
                 save_last=True,
             )
         )
+    settings = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if isinstance(settings.get("strategy"), dict):  # a strategy with options: ambig.distributed.fsdp, ...
+        settings["strategy"] = instantiate(cfg.trainer.strategy)
     trainer = pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **settings,
         default_root_dir=run_dir,
         logger=logger,
         callbacks=callbacks,

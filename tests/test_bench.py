@@ -28,3 +28,23 @@ def test_strategy_bench_reports_throughput_for_every_strategy(isolated):
     for name, r in out["strategies"].items():
         assert r["step_ms"] > 0 and r["samples_per_s"] == 1000 * 2 / r["step_ms"] and r["peak_rss_mib"] > 0
         assert ("rollout_tokens_per_s" in r) == (name != "sft")  # SFT samples nothing
+
+
+def test_gpu_bench_skips_without_a_gpu_and_runs_its_code_on_the_tiny_model(isolated, capsys):
+    import torch
+
+    from ambig.bench_gpu import main, peak_flops
+
+    if not torch.cuda.is_available():
+        assert main([]) is None
+        assert "bench-gpu skipped: no CUDA GPU visible" in capsys.readouterr().out
+    argv = ["--arch", "tiny", "--device", "cpu", "--batch", "2", "--text-tokens", "16", "--group", "2"]
+    r = main([*argv, "--new-tokens", "4", "--steps", "1", "--out", str(isolated / "bench")])
+    assert r["sft"]["tokens_per_step"] == 2 * (16 + 100)  # 100 audio tokens per 4 s clip of the tiny model
+    assert r["sft"]["tokens_per_s"] > 0 and r["rollouts"]["rows"] == 4 and r["rollouts"]["tokens_per_s"] > 0
+    assert r["sft"]["mfu"] is None  # no peak FLOP/s known for a CPU
+    (written,) = (isolated / "bench").glob("*_gpu/bench_gpu.json")
+    assert "GRPO rollouts" in capsys.readouterr().out and written.exists()
+    assert peak_flops("NVIDIA H100 80GB HBM3", None) == 989e12
+    assert peak_flops("NVIDIA H100 PCIe", None) == 756e12
+    assert peak_flops("Some GPU", 100.0) == 100e12 and peak_flops("Some GPU", None) is None

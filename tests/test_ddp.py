@@ -27,8 +27,10 @@ COMMON = [
 
 def train(runs: Path, cache: Path, *extra: str) -> tuple[dict, Path]:
     env = {**os.environ, "AMBIG_RUNS_DIR": str(runs), "AMBIG_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    overridden = {e.split("=")[0] for e in extra}
+    common = [c for c in COMMON if c.split("=")[0] not in overridden]
     proc = subprocess.run(
-        [sys.executable, "-m", "ambig.train", *COMMON, *extra],
+        [sys.executable, "-m", "ambig.train", *common, *extra],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from ambig.distributed import clean_name, shards_weights, zero3
 from ambig.losses import NonFiniteLossError, check_finite
 from ambig.metrics import DistributionMetrics
 from ambig.model.audio_encoding import audio_inputs, audio_tower_frozen, with_encoded_audio
@@ -114,15 +115,31 @@ class AmbigModule(pl.LightningModule):
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def parallel_strategy(self):
+        """The Lightning strategy running this module (DDP, FSDP, ...); None outside a Trainer."""
+        return self._trainer.strategy if self._trainer is not None else None
+
     def on_fit_start(self) -> None:
         # from_pretrained returns the model in eval mode and Lightning keeps each module's mode, so without
         # this LoRA dropout would never be active in training.
         self.model.train()
-        # The weights training starts from (after init_from), unless a resumed checkpoint brought them.
-        if self.reference is not None and self.reference.weights is None:
+        strategy = self.parallel_strategy()
+        if self.reference is not None and self.reference.mode == "init" and zero3(strategy):
+            raise ValueError(
+                "strategy.reference=init keeps a copy of the trainable weights and swaps it in, which "
+                "ZeRO-3's partitioned weights do not allow: use trainer=deepspeed_zero2 or trainer=fsdp, or "
+                "strategy.reference=base"
+            )
+        # The weights training starts from (after init_from), unless a resumed checkpoint brought them. With
+        # sharded weights (FSDP), taken at the first training step instead: see training_step.
+        if self.reference is not None and self.reference.weights is None and not shards_weights(strategy):
             self.reference.snapshot()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if self.reference is not None and self.reference.weights is None:
+            # FSDP: the snapshot must see the weights as the reference passes (also inside the training step)
+            # see them: the top-level ones gathered, each wrapped layer's as this process's shard.
+            self.reference.snapshot()
         loss, parts = self.training_loss(batch)
         try:
             check_finite(loss, parts, context=f"step {self.global_step}, utterances {batch['ids']}")
@@ -242,12 +259,30 @@ class AmbigModule(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Under FSDP, clip by the norm over every shard (FSDP's own `clip_grad_norm_`; Lightning's FSDP
+        precision plugin refuses norm clipping); elsewhere Lightning's clipping."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrapped = self.trainer.strategy.model
+        if gradient_clip_val and isinstance(wrapped, FullyShardedDataParallel):
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(f"FSDP clips by norm, not {gradient_clip_algorithm}")
+            wrapped.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # ---- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        trainable = {clean_name(n) for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         if self.reference is not None and self.reference.state() is not None:
-            checkpoint["reference_weights"] = self.reference.state()
+            if shards_weights(self.parallel_strategy()):  # each process holds its own shards of the reference
+                pieces: list = [None] * torch.distributed.get_world_size()
+                torch.distributed.all_gather_object(pieces, self.reference.state())
+                checkpoint["reference_weights"] = {"per_process": pieces}
+            else:
+                checkpoint["reference_weights"] = self.reference.state()
         # A resumed run continues the random streams (dropout, rollout sampling) where this one stood.
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
@@ -257,13 +292,27 @@ class AmbigModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.reference is not None:
-            self.reference.load_state(checkpoint.get("reference_weights"))
+            state = checkpoint.get("reference_weights")
+            if state is not None and "per_process" in state:
+                state = own_piece(state["per_process"], self.parallel_strategy())
+            self.reference.load_state(state)
         states = checkpoint.get("rng_states")
         trainer = self._trainer
         if states is not None and trainer is not None and trainer.state.fn == "fit":  # resuming, not testing
             torch.set_rng_state(states["torch"])
             random.setstate(states["python"])
             np.random.set_state(states["numpy"])
+
+
+def own_piece(pieces: list, strategy) -> dict:
+    """This process's share of reference weights saved under a sharded strategy (same process count only)."""
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    if not shards_weights(strategy) or len(pieces) != world:
+        raise RuntimeError(
+            f"the checkpoint's reference weights are sharded over {len(pieces)} processes (FSDP); resume it "
+            f"with the same trainer and trainer.devices={len(pieces)}"
+        )
+    return pieces[torch.distributed.get_rank()]
 
 
 def summed_over_processes(counts: dict[str, float]) -> dict[str, float]:

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 
 import torch
 
+from ambig.distributed import clean_name
+
 REFERENCES = ("base", "init")
 
 
@@ -34,10 +36,14 @@ class ReferencePolicy:
             )
         self.model = model
         self.mode = mode
+        # Fixed now: under FSDP the frozen weights that share a unit with trainable ones report
+        # requires_grad=True while the unit is gathered (inside the training step).
+        self.names = {clean_name(n) for n, p in model.named_parameters() if p.requires_grad}
         self.weights: dict[str, torch.Tensor] | None = None  # mode init: the trainable weights at the start
 
     def trainable(self) -> dict[str, torch.nn.Parameter]:
-        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        named = ((clean_name(n), p) for n, p in self.model.named_parameters())
+        return {n: p for n, p in named if n in self.names}
 
     def snapshot(self) -> None:
         """Keep the current trainable weights as pi_ref (mode init; called when training starts)."""
@@ -87,7 +93,9 @@ class ReferencePolicy:
             return
         params = self.trainable()
         if params.keys() != state.keys():
+            missing, extra = sorted(params.keys() - state.keys()), sorted(state.keys() - params.keys())
             raise RuntimeError(
-                "the checkpoint's reference weights do not match the model's trainable parameters"
+                "the checkpoint's reference weights do not match the model's trainable parameters: "
+                f"{len(missing)} missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]})"
             )
         self.weights = {n: w.to(params[n].device) for n, w in state.items()}
