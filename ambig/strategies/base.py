@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -22,6 +20,7 @@ from ambig.model.audio_encoding import audio_inputs, audio_tower_frozen, with_en
 from ambig.model.formats import FORMATS, parse_output
 from ambig.model.inputs import BatchBuilder
 from ambig.model.readout import readout_log
+from ambig.rng import capture_all_processes, restore_own
 from ambig.rollout import Decoded, decode, read_after, sample
 from ambig.strategies.reference import ReferencePolicy
 from ambig.tts.strategies import check_tts, run_tts
@@ -284,11 +283,7 @@ class AmbigModule(pl.LightningModule):
             else:
                 checkpoint["reference_weights"] = self.reference.state()
         # A resumed run continues the random streams (dropout, rollout sampling) where this one stood.
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(),
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-        }
+        checkpoint["rng_states"] = capture_all_processes()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.reference is not None:
@@ -299,9 +294,7 @@ class AmbigModule(pl.LightningModule):
         states = checkpoint.get("rng_states")
         trainer = self._trainer
         if states is not None and trainer is not None and trainer.state.fn == "fit":  # resuming, not testing
-            torch.set_rng_state(states["torch"])
-            random.setstate(states["python"])
-            np.random.set_state(states["numpy"])
+            restore_own(states)
 
 
 def own_piece(pieces: list, strategy) -> dict:
