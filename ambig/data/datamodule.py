@@ -105,9 +105,6 @@ class EmotionDataModule(pl.LightningDataModule):
                 shuffle=False,
                 collate_fn=builder.for_evaluation(),
                 num_workers=self.num_workers,
-                # Not the global RNG either: a validation pass must not shift the training's random streams
-                # (a run resumed from an end-of-epoch checkpoint would otherwise sample other rollouts).
-                generator=torch.Generator().manual_seed(self.seed),
             )
         dataset = EmotionDataset(records, self.store)
         self.train_batches = ResumableBatches(
