@@ -18,10 +18,11 @@ from ambig.data.features import extract
 from ambig.data.synthetic import CLASSES
 from ambig.model.audio_text_processor import AudioTextProcessor, with_window
 from ambig.model.family import FAMILIES, family_of, model_family
-from ambig.model.inputs import BatchBuilder, audio_token_count
+from ambig.model.inputs import BatchBuilder, audio_token_count, positions
 from ambig.model.load import ModelFamilyError, ModelNotAvailableError, load_model, resolve_source
 from ambig.model.prompt import QWEN2_5_OMNI, QWEN2_AUDIO, chat_prompt
 from ambig.model.readout import class_token_ids
+from ambig.rollout import decode, sample
 from ambig.strategies.base import BaseStrategy, teacher_forced_logits
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -276,3 +277,41 @@ def test_the_qwen2_audio_builder_keeps_its_format(tiny_base, builder):
     assert family_of(tiny_base[0]).template is QWEN2_AUDIO
     default = BatchBuilder(tiny_base[1], CLASSES, cot=False, ce_answer_word=False, sample_rate=RATE)
     assert default.template is QWEN2_AUDIO  # builders that name no template write Qwen2-Audio's format
+
+
+# ---- generation -------------------------------------------------------------------------------------------
+
+
+def test_decoding_positions_are_the_thinkers_own(tiny_omni_base, omni_builder, examples, monkeypatch):
+    """The explicit position ids `decode` passes give what the thinker's own rope index gives for audio
+    prompts: the same logits at every generated step."""
+    model, _ = tiny_omni_base
+    batch = omni_builder.for_evaluation()(examples[:3])
+    assert len(set(batch["prompt_mask"].sum(1).tolist())) > 1  # left padding in the batch
+    calls = []
+    generate = model.generate
+
+    def recorded(**kwargs):
+        calls.append((kwargs, generate(**kwargs)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(model, "generate", recorded)
+    ours = decode(model, batch, omni_builder, max_new_tokens=5)
+    ((kwargs, out),) = calls
+    assert torch.equal(kwargs["position_ids"], positions(batch["prompt_mask"]))
+    kwargs = {k: v for k, v in kwargs.items() if k != "position_ids"}
+    model.model.rope_deltas = None  # the thinker's own computation from scratch, as on a first call
+    own = generate(**kwargs)
+    torch.testing.assert_close(torch.stack(out.logits, 1), torch.stack(own.logits, 1), atol=1e-5, rtol=0)
+    assert torch.equal(out.sequences, own.sequences) and len(ours.tokens) == 3
+
+
+def test_shared_prompt_sampling_after_a_decode_of_another_batch_size(tiny_omni_base, omni_builder, examples):
+    """The thinker keeps rope offsets between generate calls; a prefilled call of another batch size must
+    not trip on them (it did before generate got explicit positions)."""
+    model, _ = tiny_omni_base
+    decode(model, omni_builder.for_evaluation()(examples[:4]), omni_builder, max_new_tokens=3)
+    batch = omni_builder.for_evaluation()(examples[:2])
+    torch.manual_seed(0)
+    out = sample(model, batch, omni_builder, n=3, max_new_tokens=4, temperature=1.0, top_p=1.0)
+    assert out.log_q.shape == (6, len(CLASSES)) and torch.isfinite(out.log_q).all()
