@@ -37,7 +37,7 @@ class ChatTemplate:
     audio_segment: str  # the audio placeholder text, put before the instruction in the user turn
 
 
-# Qwen2-Audio-Instruct's chat template with one audio item and `add_audio_id` (as its processor writes it).
+# Qwen2-Audio-Instruct's chat template with one audio item (the template numbers every audio item).
 QWEN2_AUDIO = ChatTemplate(
     name="qwen2_audio",
     system_prompt="You are a helpful assistant.",
