@@ -126,6 +126,7 @@ def bench_dpo(
     from ambig.data.audio import load_audio
     from ambig.data.features import extract
     from ambig.data.synthetic import CLASSES, SyntheticSpec, load_synthetic
+    from ambig.model.family import model_family
     from ambig.model.inputs import BatchBuilder, Example
     from ambig.model.load import load_model
     from ambig.rollout import decode, expand
@@ -146,7 +147,12 @@ def bench_dpo(
     # The reused path gets each clip's features once, as the FeatureStore hands them to the batch builder.
     examples = [Example(r, features=extract(extractor, waves[r.id], rate)) for r in records]
     builder = BatchBuilder(
-        processor, CLASSES, cot=True, ce_answer_word=cfg.loss.ce_answer_word, sample_rate=rate
+        processor,
+        CLASSES,
+        cot=True,
+        ce_answer_word=cfg.loss.ce_answer_word,
+        sample_rate=rate,
+        template=model_family(cfg.model).template,
     )
     batch = builder(examples)
     strategy = build_strategy(cfg, model, builder)
@@ -199,6 +205,7 @@ def tiny_setup(out: Path, batch_size: int, overrides: list[str]):
 
     from ambig.data.audio import load_audio
     from ambig.data.synthetic import CLASSES, SyntheticSpec, load_synthetic
+    from ambig.model.family import model_family
     from ambig.model.inputs import BatchBuilder, Example
     from ambig.model.load import load_model
 
@@ -209,7 +216,12 @@ def tiny_setup(out: Path, batch_size: int, overrides: list[str]):
     rate = cfg.model.sample_rate
     records = load_synthetic(out / "data", SyntheticSpec(n_utterances=batch_size))[:batch_size]
     builder = BatchBuilder(
-        processor, CLASSES, cot=True, ce_answer_word=cfg.loss.ce_answer_word, sample_rate=rate
+        processor,
+        CLASSES,
+        cot=True,
+        ce_answer_word=cfg.loss.ce_answer_word,
+        sample_rate=rate,
+        template=model_family(cfg.model).template,
     )
     batch = builder(
         [Example(r, load_audio(r.audio_path, rate, cfg.model.max_audio_seconds)) for r in records]

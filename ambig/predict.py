@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from ambig.checkpoints import init_checkpoint, load_init
 from ambig.data.audio import AudioError, load_audio
 from ambig.data.records import Record
+from ambig.model.family import model_family
 from ambig.model.formats import parse_output
 from ambig.model.inputs import BatchBuilder, Example
 from ambig.model.load import load_model
@@ -69,7 +70,12 @@ class Predictor:
         model, processor = load_model(cfg.model)
         self.cot = bool(cfg.cot.enabled)
         self.builder = BatchBuilder(
-            processor, self.classes, cot=self.cot, ce_answer_word=False, sample_rate=cfg.model.sample_rate
+            processor,
+            self.classes,
+            cot=self.cot,
+            ce_answer_word=False,
+            sample_rate=cfg.model.sample_rate,
+            template=model_family(cfg.model).template,
         ).for_evaluation()
         holder = BaseStrategy(model, self.builder, optim={}, decoding={}, loss={}, name="predict")
         if cfg.strategy.name != "base":  # a trained run: its weights

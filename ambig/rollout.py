@@ -99,6 +99,11 @@ def decode(
     out = model.generate(
         input_ids=batch["prompt_ids"],
         attention_mask=batch["prompt_mask"],
+        # Explicit, as in every other forward: positions count real tokens from 0. Left to itself,
+        # Qwen2.5-Omni's generate derives them from rope offsets it keeps on the model between calls, which
+        # break when a prefilled call follows one of another batch size; for audio-only prompts its 3-D
+        # positions are these same counts on all three axes.
+        position_ids=positions(batch["prompt_mask"]),
         **({"past_key_values": past_key_values} if past_key_values is not None else generation_audio(batch)),
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,

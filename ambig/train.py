@@ -29,6 +29,7 @@ from ambig.data.folds import FoldSplit, make_split
 from ambig.data.mapping import restrict_votes, shared_classes
 from ambig.data.skips import report_skips
 from ambig.loggers import build_logger, finish_logger
+from ambig.model.family import model_family
 from ambig.model.inputs import BatchBuilder
 from ambig.model.load import load_model
 from ambig.results import format_table, write_results
@@ -208,6 +209,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             cot=cfg.cot.enabled,
             ce_answer_word=cfg.loss.ce_answer_word,
             sample_rate=cfg.model.sample_rate,
+            template=model_family(cfg.model).template,
         )
         for classes in (corpus.classes, test_classes)
     )

@@ -72,6 +72,43 @@ def tiny_cfg_factory(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_omni_cfg_factory(tiny_model_dir):
+    """`make(lora=True, **overrides)` -> the tiny config as a Qwen2.5-Omni thinker (conf/model/tiny_omni.yaml,
+    narrowed like the tiny Qwen2-Audio above)."""
+
+    def make(lora: bool = True, **overrides):
+        cfg = copy.deepcopy(TINY_MODEL_CFG)
+        cfg.update(name="tiny_omni", family="qwen2_5_omni_thinker", cache_dir=str(tiny_model_dir))
+        if lora:
+            cfg["lora"]["modules_to_save"] = None
+        else:
+            cfg["lora"] = None
+        cfg.update(overrides)
+        return OmegaConf.create(cfg)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_omni_base(tiny_omni_cfg_factory):
+    """(model, processor) of the tiny Qwen2.5-Omni thinker without LoRA, in eval mode. Shared: do not
+    train it."""
+    model, processor = load_model(tiny_omni_cfg_factory(lora=False))
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def omni_builder(tiny_omni_base):
+    """The CoT batch builder of the tiny Omni thinker (its chat template)."""
+    from ambig.model.prompt import QWEN2_5_OMNI
+
+    _, processor = tiny_omni_base
+    return BatchBuilder(
+        processor, CLASSES, cot=True, ce_answer_word=False, sample_rate=SAMPLE_RATE, template=QWEN2_5_OMNI
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_base(tiny_cfg_factory):
     """(model, processor) without LoRA, in eval mode. Shared: do not train it."""
     model, processor = load_model(tiny_cfg_factory(lora=False))

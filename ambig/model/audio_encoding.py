@@ -1,12 +1,18 @@
 """Run the frozen audio tower once per clip and feed its output to every forward pass that needs the clip.
 
-Qwen2-Audio's own forward runs the audio tower on every row it gets. A GRPO step scores N = B * (G + 1)
-rows (policy, reference, old policy) that share B clips, so it would run the tower 3N times for B distinct
-inputs. When the tower is frozen (LoRA leaves it alone: every shipped model config), its output depends only
-on the clip: `encode_audio` computes it once per clip and `embed_with_audio` builds each row's input
-embeddings from it exactly as the model's forward does (token embeddings, with the audio positions replaced by
-the projected audio features). The projector runs inside that call, so a trainable projector still gets its
-gradient and a disabled adapter still switches it back.
+The model's own forward runs the audio tower on every row it gets. A GRPO step scores N = B * (G + 1) rows
+(policy, reference, old policy) that share B clips, so it would run the tower 3N times for B distinct inputs.
+When the tower is frozen (LoRA leaves it alone: every shipped model config), its output depends only on the
+clip: `encode_audio` computes it once per clip and `embed_with_audio` builds each row's input embeddings from
+it exactly as the model's forward does (token embeddings, with the audio positions replaced by the audio
+features in the language model's width).
+
+Both model families (ambig.model.family) are covered; they differ in the tower call and the last step:
+- qwen2_audio: a Whisper encoder over the padded window with a padding mask, then the separate
+  `multi_modal_projector`. The projector runs inside `embed_with_audio`, so a trainable projector still gets
+  its gradient and a disabled adapter still switches it back.
+- qwen2_5_omni_thinker: the encoder takes each clip's valid frames in 2 s windows and ends in its own
+  projection into the language model's width (part of the frozen tower), so the cached output is final.
 
 A row is tied to its clip by `clip_index` (row -> clip), so rows never carry copies of the features.
 """
@@ -17,11 +23,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 from transformers.masking_utils import create_bidirectional_mask
+
+from ambig.model.family import family_of
 
 
 def _audio_model(model):
-    """The `Qwen2AudioModel` inside `model` (a PEFT wrapper or a `Qwen2AudioForConditionalGeneration`)."""
+    """The multimodal model inside `model` (a PEFT wrapper or the transformers model): `Qwen2AudioModel` or
+    `Qwen2_5OmniThinkerModel`, the one holding `audio_tower`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.model
 
@@ -44,16 +54,25 @@ class EncodedAudio:
 
 @torch.no_grad()
 def encode_audio(model, input_features: Tensor, feature_attention_mask: Tensor) -> EncodedAudio:
-    """The audio tower on each clip once, with the padding mask Qwen2-Audio's forward builds."""
-    inner = _audio_model(model)
-    tower = inner.audio_tower
+    """The audio tower on each clip once, as the model's own forward runs it."""
     if not audio_tower_frozen(model):
         raise ValueError(
             "encode_audio caches the audio tower's output, but the tower has trainable parameters: "
             "its output would go stale; run the model's own forward instead"
         )
+    tower = _audio_model(model).audio_tower
     input_features = input_features.to(tower.device, tower.dtype)
     feature_attention_mask = feature_attention_mask.to(tower.device)
+    family = family_of(model).name
+    if family == "qwen2_audio":
+        return _encode_qwen2_audio(tower, input_features, feature_attention_mask)
+    if family == "qwen2_5_omni_thinker":
+        return _encode_omni(_audio_model(model), input_features, feature_attention_mask)
+    raise ValueError(f"encode_audio has no implementation for model family {family!r}")
+
+
+def _encode_qwen2_audio(tower, input_features: Tensor, feature_attention_mask: Tensor) -> EncodedAudio:
+    """Whisper over the padded window with the padding mask Qwen2-Audio's forward builds."""
     feat_lengths, out_lengths = tower._get_feat_extract_output_lengths(feature_attention_mask.sum(-1))
     n_clips, _, n_mel_frames = input_features.shape
     width = (n_mel_frames - 2) // 2 + 1
@@ -67,6 +86,23 @@ def encode_audio(model, input_features: Tensor, feature_attention_mask: Tensor) 
     return EncodedAudio(hidden, out_lengths)
 
 
+def _encode_omni(inner, input_features: Tensor, feature_attention_mask: Tensor) -> EncodedAudio:
+    """The thinker's own audio-feature call (all clips' valid frames, concatenated), split back per clip."""
+    flat = inner.get_audio_features(input_features, feature_attention_mask).last_hidden_state  # (sum T, H)
+    _, out_lengths = inner.audio_tower._get_feat_extract_output_lengths(feature_attention_mask.sum(-1))
+    hidden = pad_sequence(flat.split(out_lengths.tolist()), batch_first=True)
+    return EncodedAudio(hidden, out_lengths)
+
+
+def _to_text_width(model, hidden: Tensor) -> Tensor:
+    """The encoded audio as language-model inputs: Qwen2-Audio's projector, or (Qwen2.5-Omni, whose tower
+    ends in its own projection) the encoding as it is."""
+    inner = _audio_model(model)
+    if family_of(model).name == "qwen2_audio":
+        return inner.multi_modal_projector(hidden)
+    return hidden
+
+
 def embed_with_audio(model, input_ids: Tensor, encoded: EncodedAudio, clip_index: Tensor) -> Tensor:
     """Input embeddings (N, L, H) of `input_ids`, the audio tokens of row i filled from clip `clip_index[i]`.
 
@@ -75,7 +111,7 @@ def embed_with_audio(model, input_ids: Tensor, encoded: EncodedAudio, clip_index
     inner = _audio_model(model)
     audio_token = inner.config.audio_token_id
     embeds = inner.get_input_embeddings()(input_ids)
-    projected = inner.multi_modal_projector(encoded.hidden.to(embeds.device))  # (C, T, H): once per clip
+    projected = _to_text_width(model, encoded.hidden.to(embeds.device))  # (C, T, H): once per clip
     clip_index = clip_index.to(embeds.device)
     lengths = encoded.lengths.to(embeds.device)[clip_index]
     valid = torch.arange(projected.shape[1], device=embeds.device)[None, :] < lengths[:, None]

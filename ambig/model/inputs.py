@@ -58,6 +58,8 @@ def audio_token_count(n_frames: int) -> int:
 class BatchBuilder:
     """Turns a list of `Example` into the tensors every strategy uses.
 
+    Prompts are written in `template`, the chat format of the model's family (`model_family(cfg).template`).
+
     Keys: ids, p (B, K); prompt_ids / prompt_mask (prompt only, for generation); input_features /
     feature_attention_mask (the audio); and unless built `for_evaluation`: input_ids / attention_mask /
     position_ids / labels (prompt + teacher-forced target) and answer_index (B,), the position whose logits
@@ -73,8 +75,10 @@ class BatchBuilder:
         ce_answer_word: bool,
         sample_rate: int,
         prompt_classes: Sequence[str] | None = None,
+        template: prompt.ChatTemplate = prompt.QWEN2_AUDIO,
     ):
         self.processor = processor
+        self.template = template  # the model family's chat format (ambig.model.family)
         self.tokenizer = processor.tokenizer
         self.classes = tuple(classes)  # the read-out's classes: q is a distribution over these
         # the classes the prompt offers: the training corpus's, also when testing on a corpus with fewer
@@ -99,7 +103,7 @@ class BatchBuilder:
     def prompt_ids(self, transcript: str | None, n_frames: int) -> list[int]:
         """The chat prompt's ids with the audio placeholder expanded to one token per audio frame."""
         token = self.processor.audio_token
-        text = prompt.chat_prompt(self.prompt_classes, transcript, self.cot)
+        text = prompt.chat_prompt(self.prompt_classes, transcript, self.cot, self.template)
         text = text.replace(token, token * audio_token_count(n_frames), 1)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 

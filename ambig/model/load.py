@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ambig.model.tiny import TinySpec, build_tiny
+from ambig.model.family import ModelFamily, model_family
+from ambig.model.tiny import TinySpec
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +18,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class ModelNotAvailableError(FileNotFoundError):
     """The weights are neither in a local directory nor in the Hugging Face cache."""
+
+
+class ModelFamilyError(ValueError):
+    """The checkpoint is not of the family `model.family` names (its class would load it wrongly)."""
 
 
 def resolve_source(model_cfg) -> str:
@@ -30,8 +35,9 @@ def resolve_source(model_cfg) -> str:
             )
         return str(path)
     if model_cfg.get("tiny"):
+        family = model_family(model_cfg)
         spec = TinySpec(**model_cfg.tiny)
-        return str(build_tiny(Path(model_cfg.cache_dir) / f"tiny-{spec.key()}", spec))
+        return str(family.build_tiny(Path(model_cfg.cache_dir) / f"{family.tiny_prefix}-{spec.key()}", spec))
     return model_cfg.hub_id
 
 
@@ -60,28 +66,46 @@ def check_hub_source(source: str, timeout: float = 10.0) -> None:
         raise _not_available(source, err) from err
 
 
-def load_model(model_cfg):
-    """(model, processor) from `model_cfg`, with LoRA applied when `model_cfg.lora` is set."""
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+def check_family(source: str, family: ModelFamily) -> None:
+    """Refuse a checkpoint of another family before its weights are read into the wrong class."""
+    from transformers import PretrainedConfig
 
+    model_type = PretrainedConfig.get_config_dict(source)[0].get("model_type")
+    if model_type not in family.checkpoint_types:
+        raise ModelFamilyError(
+            f"model.family={family.name} loads checkpoints of type {' or '.join(family.checkpoint_types)}, "
+            f"but {source} is a {model_type!r} checkpoint: set model.family to its family or point "
+            "model.path at a checkpoint of this one"
+        )
+
+
+def load_model(model_cfg):
+    """(model, processor) from `model_cfg`, with LoRA applied when `model_cfg.lora` is set.
+
+    `model.family` (ambig.model.family) picks the transformers class and the processor; the processor has
+    `tokenizer`, `feature_extractor` and `audio_token`, whatever the family.
+    """
+    family = model_family(model_cfg)
     source = resolve_source(model_cfg)
     dtype = DTYPES[model_cfg.get("dtype", "float32")]
     check_hub_source(source)
     try:
-        processor = AutoProcessor.from_pretrained(source)
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(source, dtype=dtype)
+        check_family(source, family)
+        processor = family.load_processor(source, model_cfg)
+        model = family.transformers_class().from_pretrained(source, dtype=dtype)
     except OSError as err:
         raise _not_available(source, err) from err
     processor.tokenizer.padding_side = "left"  # decoder-only generation; the batch builder relies on it
     if model_cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
     if model_cfg.get("lora"):
-        model = apply_lora(model, model_cfg.lora)
+        model = apply_lora(model, model_cfg.lora, towers=family.towers)
     return model, processor
 
 
-def apply_lora(model, lora_cfg):
-    """LoRA on the language model's projections only; the audio tower (same module names) stays frozen."""
+def apply_lora(model, lora_cfg, towers: tuple[str, ...] = ("audio_tower",)):
+    """LoRA on the language model's projections only; the encoder towers (audio, and Qwen2.5-Omni's vision
+    tower: same module names) stay frozen."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -93,11 +117,11 @@ def apply_lora(model, lora_cfg):
         bias="none",
     )
     model = get_peft_model(model, config)
-    tower = [n for n, p in model.named_parameters() if p.requires_grad and "audio_tower" in n]
-    if tower:
-        raise ValueError(
-            f"LoRA target regex {lora_cfg.target_modules!r} matched the audio tower: {tower[:3]}"
-        )
+    for name in towers:
+        tower = [n for n, p in model.named_parameters() if p.requires_grad and f".{name}." in n]
+        if tower:
+            label = "the audio tower" if name == "audio_tower" else f"the {name} tower"
+            raise ValueError(f"LoRA target regex {lora_cfg.target_modules!r} matched {label}: {tower[:3]}")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable == 0:
         raise ValueError(f"LoRA target regex {lora_cfg.target_modules!r} matched no module of the model")

@@ -23,11 +23,40 @@ SECTION_HEADERS = (
     ("audio_analysis", "Step 2: Audio Analysis -"),
     ("synthesis", "Step 3: Synthesis -"),
 )
-SYSTEM_PROMPT = "You are a helpful assistant."
-# The audio placeholder of Qwen2-Audio's chat format; the processor expands <|AUDIO|> to one token per
-# audio frame the encoder emits.
-AUDIO_SEGMENT = "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
 END_OF_TURN = "<|im_end|>"
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """What differs between the chat formats of the model families (ambig.model.family): the system prompt
+    and how the user turn holds the audio. Both are ChatML (<|im_start|>role ... <|im_end|>); the batch
+    builder expands the single <|AUDIO|> to one token per audio frame the encoder emits."""
+
+    name: str
+    system_prompt: str
+    audio_segment: str  # the audio placeholder text, put before the instruction in the user turn
+
+
+# Qwen2-Audio-Instruct's chat template with one audio item (the template numbers every audio item).
+QWEN2_AUDIO = ChatTemplate(
+    name="qwen2_audio",
+    system_prompt="You are a helpful assistant.",
+    audio_segment="Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n",
+)
+# Qwen2.5-Omni's chat template (chat_template.json of Qwen/Qwen2.5-Omni-7B): an audio item is
+# <|audio_bos|><|AUDIO|><|audio_eos|> with no id and no newline, the text item follows it directly. The
+# system prompt is the one the model card and transformers' Qwen2.5-Omni docs use in every example.
+QWEN2_5_OMNI = ChatTemplate(
+    name="qwen2_5_omni",
+    system_prompt=(
+        "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
+        "auditory and visual inputs, as well as generating text and speech."
+    ),
+    audio_segment="<|audio_bos|><|AUDIO|><|audio_eos|>",
+)
+# The Qwen2-Audio names, kept for the callers that predate the families.
+SYSTEM_PROMPT = QWEN2_AUDIO.system_prompt
+AUDIO_SEGMENT = QWEN2_AUDIO.audio_segment
 
 
 def format_cot(keywords: str, text_analysis: str, audio_analysis: str, synthesis: str) -> str:
@@ -54,11 +83,14 @@ def instruction(classes: Sequence[str], transcript: str | None, cot: bool) -> st
     return f"{said}\nWhich emotion does the speaker express? Options: {options}.\n{task}"
 
 
-def chat_prompt(classes: Sequence[str], transcript: str | None, cot: bool) -> str:
-    """The full prompt in Qwen2-Audio's chat format, ending where the assistant starts writing."""
+def chat_prompt(
+    classes: Sequence[str], transcript: str | None, cot: bool, template: ChatTemplate = QWEN2_AUDIO
+) -> str:
+    """The full prompt in `template`'s chat format, ending where the assistant starts writing."""
+    user = f"{template.audio_segment}{instruction(classes, transcript, cot)}"
     return (
-        f"<|im_start|>system\n{SYSTEM_PROMPT}{END_OF_TURN}\n"
-        f"<|im_start|>user\n{AUDIO_SEGMENT}{instruction(classes, transcript, cot)}{END_OF_TURN}\n"
+        f"<|im_start|>system\n{template.system_prompt}{END_OF_TURN}\n"
+        f"<|im_start|>user\n{user}{END_OF_TURN}\n"
         "<|im_start|>assistant\n"
     )
 

@@ -146,11 +146,21 @@ def build_tiny(out_dir: str | Path, spec: TinySpec) -> Path:
         ),
         tokenizer=tokenizer,
     )
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+
+    return write_checkpoint(out_dir, spec, write)
+
+
+def write_checkpoint(out_dir: Path, spec: TinySpec, write) -> Path:
+    """`write(tmp)` fills a temporary directory next to `out_dir`, which then becomes `out_dir` in one rename
+    (with `tiny_spec.json` beside what `write` wrote), so a killed build never leaves a half checkpoint."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        write(tmp)
         (tmp / "tiny_spec.json").write_text(json.dumps(asdict(spec), indent=2))
         try:
             os.replace(tmp, out_dir)

@@ -17,6 +17,7 @@ from ambig.distributed import clean_name, shards_weights, zero3
 from ambig.losses import NonFiniteLossError, check_finite
 from ambig.metrics import DistributionMetrics
 from ambig.model.audio_encoding import audio_inputs, audio_tower_frozen, with_encoded_audio
+from ambig.model.family import family_of
 from ambig.model.formats import FORMATS, parse_output
 from ambig.model.inputs import BatchBuilder
 from ambig.model.readout import readout_log
@@ -38,6 +39,18 @@ def teacher_forced_logits(model, batch: dict) -> torch.Tensor:
         attention_mask=batch["attention_mask"],
         position_ids=batch["position_ids"],
     ).logits
+
+
+def check_template(model, builders) -> None:
+    """Refuse batch builders whose prompts are in another chat format than the model's family reads."""
+    family = family_of(model)
+    for builder in builders:
+        if builder.template != family.template:
+            raise ValueError(
+                f"the batch builder writes {builder.template.name} prompts but the model is of family "
+                f"{family.name}, which reads {family.template.name} prompts: build it with "
+                "template=model_family(cfg.model).template"
+            )
 
 
 class AmbigModule(pl.LightningModule):
@@ -84,6 +97,7 @@ class AmbigModule(pl.LightningModule):
         self.builder = builder
         # Testing on another corpus reads q over the classes it shares with the training corpus.
         self.test_builder = test_builder or builder
+        check_template(model, (self.builder, self.test_builder))
         self.optim = dict(optim)
         self.decoding = dict(decoding)
         self.name = name

@@ -1,0 +1,117 @@
+"""Model families: what `model.family` (conf/model/*.yaml) decides about a checkpoint.
+
+A family names the transformers class `load_model` calls `from_pretrained` on, the checkpoint types that class
+reads, the chat template its prompts are written in (ambig.model.prompt), how its processor is assembled, how
+its tiny random-init stand-in is built, and which encoder towers LoRA must leave alone. Everything else (the
+batch tensors, the read-out, the strategies) is shared: both families take `input_features` and
+`feature_attention_mask` (Whisper log-mels and their frame mask) beside `input_ids`.
+
+- `qwen2_audio`: Qwen2-Audio-7B-Instruct and its fine-tunes (Audio-Reasoner); the default.
+- `qwen2_5_omni_thinker`: the thinker (text output) of Qwen2.5-Omni; the talker (speech output) is not loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ambig.model.prompt import QWEN2_5_OMNI, QWEN2_AUDIO, ChatTemplate
+
+DEFAULT_FAMILY = "qwen2_audio"
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    model_class: str  # the transformers class loaded with from_pretrained
+    model_type: str  # `config.model_type` of a model of that class
+    checkpoint_types: tuple[str, ...]  # `model_type`s in config.json that class reads
+    template: ChatTemplate
+    towers: tuple[str, ...]  # encoder modules (by name) that stay frozen: LoRA may not reach them
+    # (source, model_cfg) -> a processor with .tokenizer, .feature_extractor and .audio_token
+    load_processor: Callable
+    build_tiny: Callable  # (out_dir, TinySpec) -> the directory of a random-init checkpoint of the family
+    tiny_prefix: str  # directory name prefix of its tiny checkpoints in the model cache
+
+    def transformers_class(self):
+        import transformers
+
+        return getattr(transformers, self.model_class)
+
+
+def _qwen2_audio_processor(source: str, model_cfg):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(source)
+
+
+def _omni_processor(source: str, model_cfg):
+    from ambig.model.audio_text_processor import AudioTextProcessor
+
+    return AudioTextProcessor.from_pretrained(
+        source, audio_token="<|AUDIO|>", max_seconds=model_cfg.get("max_audio_seconds")
+    )
+
+
+def _build_tiny_qwen2_audio(out_dir, spec):
+    from ambig.model.tiny import build_tiny
+
+    return build_tiny(out_dir, spec)
+
+
+def _build_tiny_omni(out_dir, spec):
+    from ambig.model.tiny_omni import build_tiny_omni
+
+    return build_tiny_omni(out_dir, spec)
+
+
+FAMILIES = {
+    f.name: f
+    for f in (
+        ModelFamily(
+            name="qwen2_audio",
+            model_class="Qwen2AudioForConditionalGeneration",
+            model_type="qwen2_audio",
+            checkpoint_types=("qwen2_audio",),
+            template=QWEN2_AUDIO,
+            towers=("audio_tower",),
+            load_processor=_qwen2_audio_processor,
+            build_tiny=_build_tiny_qwen2_audio,
+            tiny_prefix="tiny",
+        ),
+        ModelFamily(
+            name="qwen2_5_omni_thinker",
+            model_class="Qwen2_5OmniThinkerForConditionalGeneration",
+            model_type="qwen2_5_omni_thinker",
+            # The release (Qwen/Qwen2.5-Omni-7B) is the whole Omni model, thinker + talker; the thinker class
+            # takes its thinker_config and its thinker.* weights.
+            checkpoint_types=("qwen2_5_omni", "qwen2_5_omni_thinker"),
+            template=QWEN2_5_OMNI,
+            towers=("audio_tower", "visual"),
+            load_processor=_omni_processor,
+            build_tiny=_build_tiny_omni,
+            tiny_prefix="tiny-omni",
+        ),
+    )
+}
+
+
+def family_named(name: str) -> ModelFamily:
+    if name not in FAMILIES:
+        raise ValueError(f"model.family={name!r}: choose one of {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def model_family(model_cfg) -> ModelFamily:
+    """The family a model config names (`model.family`; qwen2_audio when the key is absent or null)."""
+    return family_named(model_cfg.get("family") or DEFAULT_FAMILY)
+
+
+def family_of(model) -> ModelFamily:
+    """The family of a loaded model (a PEFT wrapper or the transformers model itself)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model_type = base.config.model_type
+    for family in FAMILIES.values():
+        if family.model_type == model_type:
+            return family
+    raise ValueError(f"a {type(base).__name__} (model_type {model_type!r}) belongs to no model family")
