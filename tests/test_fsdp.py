@@ -16,7 +16,7 @@ import json
 
 import pytest
 import torch
-from test_ddp import train
+from test_ddp import ROOT, train
 
 from ambig.distributed import FSDPWithCPU, clean_name, deepspeed, fsdp, layer_classes, shards_weights
 
@@ -82,3 +82,19 @@ def test_config_errors_name_the_setting():
 def test_deepspeed_without_the_package_says_how_to_install_it():
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'ambig\[deepspeed\]'"):
         deepspeed(stage=3)
+
+
+@pytest.mark.parametrize(
+    "model", ["qwen2_audio_7b_instruct", "audio_reasoner", "qwen2_5_omni_7b", "tiny_omni"]
+)
+def test_fsdp_wraps_each_model_family_by_its_own_layers(model):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", "trainer=fsdp"])
+    classes = layer_classes(cfg.trainer.strategy.wrap)
+    assert len(classes) == 2 and all(issubclass(c, torch.nn.Module) for c in classes)
+    family = "qwen2_5_omni" if "omni" in model else "qwen2"
+    assert all(c.__module__.startswith(f"transformers.models.{family}") for c in classes)
+    assert isinstance(instantiate(cfg.trainer.strategy), FSDPWithCPU)
