@@ -84,28 +84,28 @@ def test_unknown_strategy_is_refused(tiny_lora, builder, examples):
         run_tts(tiny_lora[0], builder.for_evaluation()(examples[:1]), builder, tts("beam"))
 
 
-def test_evaluate_a_trained_checkpoint_writes_metrics_with_compute(isolated):
+def test_every_strategy_evaluates_a_trained_checkpoint(isolated):
+    import math
+
     sft = run(make_cfg(), isolated / "sft")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "evaluate",
-            overrides=[
-                *FAST,
-                "tts=vote",
-                "tts.n=2",
-                "decoding.max_new_tokens=6",
-                f"checkpoint={isolated / 'sft'}",
-            ],
-        )
-    metrics = evaluate(cfg, isolated / "eval")
-    assert metrics["strategy"] == "base" and metrics["tts"] == {"name": "vote", "n": 2}
-    assert metrics["initialised_from"] == sft["best_checkpoint"]
-    compute = metrics["compute"]
-    assert 2 <= compute["generated_tokens_per_clip"] <= 12 and compute["forward_passes_per_clip"] >= 2
-    assert compute["test_wall_s"] > 0
-    rows = [json.loads(x) for x in (isolated / "eval" / "predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == metrics["n"] and all(abs(sum(r["q"]) - 1) < 1e-5 for r in rows)
-    assert all(abs(v * 2 - round(v * 2)) < 1e-5 for r in rows for v in r["q"])  # votes of 2 trajectories
+    for name in TTS_STRATEGIES:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            overrides = [*FAST, f"tts={name}", "tts.n=2", "decoding.max_new_tokens=6"]
+            cfg = compose("evaluate", overrides=[*overrides, f"checkpoint={isolated / 'sft'}"])
+        metrics = evaluate(cfg, isolated / f"eval-{name}")
+        assert metrics["strategy"] == "base" and metrics["tts"]["name"] == name
+        assert metrics["initialised_from"] == sft["best_checkpoint"] and metrics["n"] == sft["n"]
+        assert all(math.isfinite(metrics[k]) for k in ("js", "bc", "r2", "brier", "kl")), name
+        compute = metrics["compute"]
+        n = {"direct": 0, "cot_greedy": 1}.get(name, 2)  # trajectories per clip
+        assert n <= compute["generated_tokens_per_clip"] <= 6 * n, name
+        assert compute["forward_passes_per_clip"] >= max(1, compute["generated_tokens_per_clip"]), name
+        assert compute["test_wall_s"] > 0
+        out = isolated / f"eval-{name}" / "predictions.jsonl"
+        rows = [json.loads(x) for x in out.read_text().splitlines()]
+        assert len(rows) == metrics["n"] and all(abs(sum(r["q"]) - 1) < 1e-5 for r in rows), name
+        if name == "vote":  # frequencies of the 2 trajectories' answers
+            assert all(abs(v * 2 - round(v * 2)) < 1e-5 for r in rows for v in r["q"])
 
 
 def test_the_sweep_runs_at_smoke_scale_and_the_report_draws_compute_vs_quality(isolated):
