@@ -134,6 +134,7 @@ def bench_dpo(
 
     overrides = [
         "strategy=dpo",
+        "strategy.audio_cache=none",  # the same batch every step: a run-long store would skip the tower
         f"strategy.num_rollouts={rollouts}",
         f"decoding.max_new_tokens={max_new_tokens}",
     ]
@@ -245,7 +246,13 @@ def bench_strategies(out: Path, batch_size: int = 4, steps: int = 3, max_new_tok
     for name in ("sft", "dpo", "grpo", "grpoz"):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose(
-                "train", overrides=[f"strategy={name}", f"decoding.max_new_tokens={max_new_tokens}"]
+                "train",
+                # the same batch every step: per-step work, not a run-long store of the clips' encodings
+                overrides=[
+                    f"strategy={name}",
+                    "++strategy.audio_cache=none",
+                    f"decoding.max_new_tokens={max_new_tokens}",
+                ],
             )
         model.load_state_dict(start_state)
         strategy = build_strategy(cfg, model, builder)
@@ -299,6 +306,7 @@ def bench_grpo(
                 model.load_state_dict(start_state)
                 cfg.strategy.num_generations = g
                 cfg.strategy.encode_once = once
+                cfg.strategy.audio_cache = "none"  # per-step tower work (the same batch every step)
                 strategy = build_strategy(cfg, model, builder)
                 strategy.on_fit_start()  # train mode, and the reference snapshot
                 ms, _ = timed_steps(strategy, batch, steps, cfg.seed, before_step=tower_rows.clear)

@@ -144,9 +144,13 @@ def audio_inputs(model, input_ids: Tensor, audio: dict) -> dict:
     }
 
 
-def with_encoded_audio(model, batch: dict) -> dict:
-    """`batch` with its features replaced by their encoding (one clip per row, clip_index = row)."""
+def with_encoded_audio(model, batch: dict, cache=None) -> dict:
+    """`batch` with its features replaced by their encoding (one clip per row, clip_index = row); with a
+    `cache` (ambig.model.audio_cache), clips it already holds are not encoded again."""
     out = {k: v for k, v in batch.items() if k not in ("input_features", "feature_attention_mask")}
-    out["encoded_audio"] = encode_audio(model, batch["input_features"], batch["feature_attention_mask"])
+    if cache is not None:
+        out["encoded_audio"] = cache.encode(model, batch)
+    else:
+        out["encoded_audio"] = encode_audio(model, batch["input_features"], batch["feature_attention_mask"])
     out["clip_index"] = torch.arange(len(batch["ids"]), device=batch["prompt_ids"].device)
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from ambig.distributed import clean_name, shards_weights, zero3
 from ambig.losses import NonFiniteLossError, check_finite
 from ambig.metrics import DistributionMetrics
+from ambig.model.audio_cache import AUDIO_CACHES, AudioEncodingCache
 from ambig.model.audio_encoding import audio_inputs, audio_tower_frozen, with_encoded_audio
 from ambig.model.family import family_of
 from ambig.model.formats import FORMATS, parse_output
@@ -77,8 +79,13 @@ class AmbigModule(pl.LightningModule):
         output_format: str = "ambig",
         on_nonfinite_loss: str = "stop",
         tts: dict | None = None,
+        audio_cache: str = "none",
     ):
         super().__init__()
+        if audio_cache not in AUDIO_CACHES:
+            raise ValueError(f"strategy.audio_cache={audio_cache!r}: choose one of {', '.join(AUDIO_CACHES)}")
+        self.audio_cache = audio_cache  # with encode_once: keep each clip's encoding for the run
+        self._audio_store: AudioEncodingCache | None = None
         if tts is not None:
             check_tts(tts)
         self.tts = tts  # test-time scaling at test (ambig.tts.strategies); None: the default read-out
@@ -177,8 +184,20 @@ class AmbigModule(pl.LightningModule):
         replaced by their encoding (ambig.model.audio_encoding): the tower then runs once per clip for the
         whole step (sampling, policy, old policy and reference passes) instead of once per row and pass."""
         if self.encode_once and audio_tower_frozen(self.model) and "input_features" in batch:
-            return with_encoded_audio(self.model, batch)
+            return with_encoded_audio(self.model, batch, self.audio_store())
         return batch
+
+    def audio_store(self) -> AudioEncodingCache | None:
+        """The run's store of clip encodings (`audio_cache`: memory, or disk under the run directory)."""
+        if self.audio_cache == "none":
+            return None
+        if self._audio_store is None:
+            root = self._trainer.default_root_dir if self._trainer is not None else None
+            if self.audio_cache == "disk" and root is None:
+                raise ValueError("strategy.audio_cache=disk stores under the run directory: needs a Trainer")
+            directory = Path(root) / "audio_cache" if root is not None else None
+            self._audio_store = AudioEncodingCache(self.audio_cache, directory)
+        return self._audio_store
 
     @torch.no_grad()
     def policy_rollouts(self, batch: dict, n: int, **sampling) -> Decoded:
