@@ -125,9 +125,8 @@ def bench_dpo(
 
     from ambig.data.audio import load_audio
     from ambig.data.features import extract
-    from ambig.data.synthetic import CLASSES, SyntheticSpec, load_synthetic
-    from ambig.model.family import model_family
-    from ambig.model.inputs import BatchBuilder, Example
+    from ambig.data.synthetic import SyntheticSpec, load_synthetic
+    from ambig.model.inputs import Example
     from ambig.model.load import load_model
     from ambig.rollout import decode, expand
     from ambig.train import build_strategy
@@ -147,14 +146,7 @@ def bench_dpo(
     waves = {r.id: load_audio(r.audio_path, rate, cfg.model.max_audio_seconds) for r in records}
     # The reused path gets each clip's features once, as the FeatureStore hands them to the batch builder.
     examples = [Example(r, features=extract(extractor, waves[r.id], rate)) for r in records]
-    builder = BatchBuilder(
-        processor,
-        CLASSES,
-        cot=True,
-        ce_answer_word=cfg.loss.ce_answer_word,
-        sample_rate=rate,
-        template=model_family(cfg.model).template,
-    )
+    builder = cot_builder(cfg, processor)
     batch = builder(examples)
     strategy = build_strategy(cfg, model, builder)
     # Both paths run every rollout row through the model on its own, so only the features differ (the audio
@@ -198,6 +190,22 @@ def bench_dpo(
     }
 
 
+def cot_builder(cfg, processor):
+    """The batch builder of a CoT run of `cfg`'s model over the synthetic classes."""
+    from ambig.data.synthetic import CLASSES
+    from ambig.model.family import model_family
+    from ambig.model.inputs import BatchBuilder
+
+    return BatchBuilder(
+        processor,
+        CLASSES,
+        cot=True,
+        ce_answer_word=cfg.loss.ce_answer_word,
+        sample_rate=cfg.model.sample_rate,
+        template=model_family(cfg.model).template,
+    )
+
+
 def tiny_setup(out: Path, batch_size: int, overrides: list[str]):
     """(cfg, model, builder, batch): the composed config, its (tiny) model, a CoT batch builder and one batch
     of `batch_size` synthetic clips with their audio."""
@@ -205,9 +213,8 @@ def tiny_setup(out: Path, batch_size: int, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
     from ambig.data.audio import load_audio
-    from ambig.data.synthetic import CLASSES, SyntheticSpec, load_synthetic
-    from ambig.model.family import model_family
-    from ambig.model.inputs import BatchBuilder, Example
+    from ambig.data.synthetic import SyntheticSpec, load_synthetic
+    from ambig.model.inputs import Example
     from ambig.model.load import load_model
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -216,14 +223,7 @@ def tiny_setup(out: Path, batch_size: int, overrides: list[str]):
     model, processor = load_model(cfg.model)
     rate = cfg.model.sample_rate
     records = load_synthetic(out / "data", SyntheticSpec(n_utterances=batch_size))[:batch_size]
-    builder = BatchBuilder(
-        processor,
-        CLASSES,
-        cot=True,
-        ce_answer_word=cfg.loss.ce_answer_word,
-        sample_rate=rate,
-        template=model_family(cfg.model).template,
-    )
+    builder = cot_builder(cfg, processor)
     batch = builder(
         [Example(r, load_audio(r.audio_path, rate, cfg.model.max_audio_seconds)) for r in records]
     )
