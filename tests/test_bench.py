@@ -14,6 +14,8 @@ def test_grpo_bench_reports_both_paths_and_the_audio_tower_rows(isolated):
         assert r["once_tower_rows"] == 2  # one per clip for the whole step
         # per rollout: generation, policy and reference passes over every row (read-out fallbacks add more)
         assert r["per_rollout_tower_rows"] >= 3 * 2 * g
+        assert r["cached_tower_rows"] == 0  # the warm-up step stored both clips' encodings
+        assert r["cache_ratio"] == r["once_ms"] / r["cached_ms"]
     assert out["groups"]["G2"]["growth_vs_first"] == 1.0
 
 
