@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +115,117 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+class ResumableModelCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint that keeps tracking the best model when a run resumes into a new directory.
+
+    A resumed run (`resume=true`) writes into a new run directory, and Lightning then forgets the interrupted
+    run's best score: the first validation after the resume would count as the best and the test would use
+    it, even when an earlier epoch was better. Here the interrupted run's best checkpoints are linked (or, on
+    another file system, copied) into the new directory and tracked as if they had been written there, so the
+    new run is complete on its own; the interrupted run's files are never touched or removed.
+    """
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        old_dir = state_dict.get("dirpath")
+        if old_dir is None or self.dirpath is None or Path(old_dir) == Path(self.dirpath):
+            super().load_state_dict(state_dict)
+            return
+        carried = {}
+        for path, score in (state_dict.get("best_k_models") or {}).items():
+            source = Path(path)
+            if not source.is_file():
+                log.warning(
+                    "the interrupted run's checkpoint %s is gone: the best model is tracked from this run on",
+                    source,
+                )
+                continue
+            carried[path] = (str(carry_file(source, Path(self.dirpath))), score)
+        best = state_dict.get("best_model_path") or ""
+        kth = state_dict.get("kth_best_model_path") or ""
+        remapped = {
+            **state_dict,
+            "dirpath": self.dirpath,
+            "best_k_models": {new: score for new, score in carried.values()},
+            "best_model_path": carried[best][0] if best in carried else "",
+            "kth_best_model_path": carried[kth][0] if kth in carried else "",
+            "last_model_path": "",  # this run writes its own last.ckpt
+        }
+        if best not in carried:
+            remapped["best_model_score"] = None
+        if kth not in carried:
+            remapped["kth_value"] = ModelCheckpoint(monitor=self.monitor, mode=self.mode).kth_value
+        super().load_state_dict(remapped)
+
+
+def carry_file(source: Path, folder: Path) -> Path:
+    """`source` made available as `folder/<its name>`: a hard link, else an atomic copy (the source stays)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name
+    if target.exists():
+        return target
+    try:
+        os.link(source, target)
+    except OSError:
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copy2(source, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """`checkpoints/last.ckpt`, the one file `resume=true` reads: rewritten every `every_n_train_steps`
+    optimizer steps (0: never mid-epoch) and at the end of every epoch, after validation and after the best
+    checkpoint, so it also holds the best-model tracking of that epoch. It is the only callback writing a
+    `last` file (two would share the name and Lightning would version one of them `last-v1.ckpt`)."""
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int) -> None:
+        super().__init__(
+            dirpath=dirpath, every_n_train_steps=int(every_n_train_steps), save_top_k=0, save_last=True
+        )
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # A resumed run writes its own last.ckpt in its new directory: nothing of the old one to track (and
+        # Lightning would warn that the directory changed).
+        if state_dict.get("dirpath") is not None and Path(state_dict["dirpath"]) != Path(self.dirpath):
+            return
+        super().load_state_dict(state_dict)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # A run resumed from a checkpoint of an epoch's last batch would skip that epoch's validation (and its
+        # best checkpoint), so when validation follows, the save after it stands in for this one.
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and validation_follows(trainer):
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_after_validation(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_after_validation(trainer)
+
+    def _save_after_validation(self, trainer) -> None:
+        # Also when a step checkpoint was written at this very step (before validation): rewrite it with the
+        # validation and best-model state that followed.
+        if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def validation_follows(trainer) -> bool:
+    """Whether validation runs at the end of the current training epoch."""
+    if not trainer.enable_validation:
+        return False
+    batches = trainer.num_val_batches
+    if not (sum(batches) if isinstance(batches, list) else batches):
+        return False
+    every = trainer.check_val_every_n_epoch
+    return every is None or (trainer.current_epoch + 1) % every == 0

@@ -18,7 +18,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ambig.checkpoints import AtomicCheckpointIO, load_init, resolve_init_from
+from ambig.checkpoints import (
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    ResumableModelCheckpoint,
+    load_init,
+    resolve_init_from,
+)
 from ambig.config import ConfigError, require_settings
 from ambig.curation.sources import training_cots
 from ambig.data.datamodule import EmotionDataModule, validated_split
@@ -103,26 +109,19 @@ def build_strategy(cfg: DictConfig, model, builder: BatchBuilder, test_builder: 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, logger, trains: bool):
     """The Lightning Trainer, keeping the best checkpoint by validation JS and the last one."""
-    checkpoint = pl.callbacks.ModelCheckpoint(
+    callbacks = []
+    checkpoint = ResumableModelCheckpoint(  # a resumed run keeps the interrupted run's best model
         dirpath=run_dir / "checkpoints",
         monitor="val/js",
         mode="min",
         save_top_k=1,
-        save_last=True,
         filename="best-epoch{epoch}-step{step}",
         auto_insert_metric_name=False,
     )
-    callbacks = [checkpoint] if trains else []
-    if trains and cfg.checkpoint_every_n_steps:
-        # last.ckpt every N optimizer steps as well, so a killed run resumes (resume=true) from mid-epoch.
-        callbacks.append(
-            pl.callbacks.ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
-                every_n_train_steps=int(cfg.checkpoint_every_n_steps),
-                save_top_k=0,
-                save_last=True,
-            )
-        )
+    if trains:
+        # last.ckpt every N optimizer steps and at each epoch's end, so a killed run resumes (resume=true)
+        # from mid-epoch; after the best checkpoint, so it holds the best-model tracking too.
+        callbacks = [checkpoint, LastCheckpoint(run_dir / "checkpoints", cfg.checkpoint_every_n_steps or 0)]
     settings = OmegaConf.to_container(cfg.trainer, resolve=True)
     if isinstance(settings.get("strategy"), dict):  # a strategy with options: ambig.distributed.fsdp, ...
         settings["strategy"] = instantiate(cfg.trainer.strategy)

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,9 +60,16 @@ def kill_after_checkpoints(proc: subprocess.Popen, runs: Path, writes: int) -> P
     )
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
-    cache = tmp_path / "cache"
-    straight = train(tmp_path / "straight", cache)
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """(metrics of an uninterrupted run, the feature and model cache its runs share)."""
+    root = tmp_path_factory.mktemp("resume")
+    cache = root / "cache"
+    return train(root / "straight", cache), cache
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path, straight):
+    straight, cache = straight
     again = train(tmp_path / "again", cache)
     assert all(again[k] == straight[k] for k in METRICS)  # run to run, same seed and config
 
@@ -75,3 +83,32 @@ def test_a_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
     assert resumed["resumed_from"].endswith("last.ckpt")
     for key in METRICS:
         assert abs(resumed[key] - straight[key]) <= 1e-6, (key, resumed[key], straight[key])
+
+
+def test_a_run_killed_at_an_epoch_end_resumes_to_the_uninterrupted_metrics(tmp_path, straight):
+    """Killed right after epoch 1's checkpoint (its last batch, validation and best model): the resumed run
+    keeps epoch 1's best checkpoint (the test uses the best, so a later, worse epoch must not replace it) and
+    ends with the uninterrupted run's metrics; the interrupted run's files stay as they were."""
+    straight, cache = straight
+    runs = tmp_path / "killed"
+    # A step checkpoint on the epoch's last batch is deferred to the save after validation.
+    ckpt = kill_after_checkpoints(
+        train(runs, cache, "checkpoint_every_n_steps=5", wait=False), runs, writes=1
+    )
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 5 and state["EmotionDataModule"]["batches_done"] == 5
+    (best_state,) = [v for k, v in state["callbacks"].items() if "val/js" in k]
+    assert best_state["best_model_score"] is not None  # written after validation and the best checkpoint
+    interrupted = {p.name: p.read_bytes() for p in ckpt.parent.iterdir()}
+    assert sorted(interrupted) == ["best-epoch0-step5.ckpt", "last.ckpt"]
+
+    resumed = train(runs, cache, "checkpoint_every_n_steps=5", "resume=true")
+    for key in METRICS:
+        assert abs(resumed[key] - straight[key]) <= 1e-6, (key, resumed[key], straight[key])
+    assert {p.name: p.read_bytes() for p in ckpt.parent.iterdir()} == interrupted
+    (new_dir,) = [p for p in runs.glob("synthetic/sft/fold1/*/checkpoints") if p != ckpt.parent]
+    names = sorted(p.name for p in new_dir.iterdir())
+    assert names[-1] == "last.ckpt" and not any(n.startswith("last-") for n in names)  # one last file
+    # The test ran on the uninterrupted run's best checkpoint, now a file of the resumed run.
+    assert Path(resumed["best_checkpoint"]) == new_dir / Path(straight["best_checkpoint"]).name
+    assert Path(resumed["best_checkpoint"]).is_file()
