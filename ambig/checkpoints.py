@@ -167,6 +167,8 @@ def carry_file(source: Path, folder: Path) -> Path:
         return target
     try:
         os.link(source, target)
+    except FileExistsError:  # another process of the same run carried it just now
+        return target
     except OSError:
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
