@@ -155,7 +155,7 @@ class ResumableModelCheckpoint(ModelCheckpoint):
         if best not in carried:
             remapped["best_model_score"] = None
         if kth not in carried:
-            remapped["kth_value"] = ModelCheckpoint(monitor=self.monitor, mode=self.mode).kth_value
+            remapped["kth_value"] = torch.tensor(float("inf") if self.mode == "min" else -float("inf"))
         super().load_state_dict(remapped)
 
 
