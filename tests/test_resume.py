@@ -91,7 +91,8 @@ def test_a_run_killed_at_an_epoch_end_resumes_to_the_uninterrupted_metrics(tmp_p
     ends with the uninterrupted run's metrics; the interrupted run's files stay as they were."""
     straight, cache = straight
     runs = tmp_path / "killed"
-    # A step checkpoint on the epoch's last batch is deferred to the save after validation.
+    # A step checkpoint on the epoch's last batch is deferred to the save after validation. (How often
+    # checkpoints are written changes no result, so the uninterrupted run with every step's is the reference.)
     ckpt = kill_after_checkpoints(
         train(runs, cache, "checkpoint_every_n_steps=5", wait=False), runs, writes=1
     )
