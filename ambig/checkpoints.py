@@ -1,7 +1,8 @@
 """Start a strategy from another run's trained weights (`init_from=<run dir or .ckpt>`), e.g. DPO from SFT.
 
 `init_from=run:<strategy>` names the newest finished run of that strategy with the same dataset, fold, model,
-loss and CoT setting under the runs directory (how the experiments chain DPO / GRPO / GRPOz after SFT).
+loss, CoT setting, seed and experiment name under the runs directory (how the experiments chain DPO / GRPO /
+GRPOz after SFT); the run it picked is logged.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def load_init(strategy, init_from: str | Path) -> Path:
 
 RUN_PREFIX = "run:"
 # A run matches when these metrics.json fields equal the current run's.
-MATCH_KEYS = ("dataset", "fold", "model", "loss", "cot")
+MATCH_KEYS = ("dataset", "fold", "model", "loss", "cot", "seed", "experiment_name")
 
 
 def find_run(runs_dir: str | Path, strategy: str, want: dict) -> Path:
@@ -87,7 +88,17 @@ def find_run(runs_dir: str | Path, strategy: str, want: dict) -> Path:
             f"init_from={RUN_PREFIX}{strategy}: no finished {strategy} run with {wanted} under {runs_dir}; "
             f"run it first (python -m ambig.train strategy={strategy} ...) or give init_from=<run dir>"
         )
-    return max(found)[1]
+    picked = max(found)[1]
+    wanted = ", ".join(f"{k}={want[k]}" for k in MATCH_KEYS)
+    log.info(
+        "init_from=%s%s: %s (newest of %d matching runs: %s)",
+        RUN_PREFIX,
+        strategy,
+        picked,
+        len(found),
+        wanted,
+    )
+    return picked
 
 
 def resolve_init_from(init_from: str, runs_dir: str | Path, want: dict) -> str:

@@ -22,8 +22,9 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ambig.cli import user_errors
 from ambig.config import require_settings
-from ambig.curation.openai_curator import CurationError, OpenAICurator
+from ambig.curation.openai_curator import OpenAICurator
 from ambig.curation.store import CotStore, Summary
 from ambig.curation.template_curator import TemplateCurator
 from ambig.data.audio import load_audio
@@ -93,12 +94,9 @@ def run(cfg: DictConfig) -> Summary:
 
 
 @hydra.main(config_path="../conf", config_name="curate", version_base="1.3")
+@user_errors
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except CurationError as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from None
+    run(cfg)
 
 
 if __name__ == "__main__":

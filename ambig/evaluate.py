@@ -10,6 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from ambig.cli import user_errors
 from ambig.train import run
 
 
@@ -22,6 +23,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+@user_errors
 def main(cfg: DictConfig) -> dict:
     return evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
 

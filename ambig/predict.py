@@ -24,6 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ambig.checkpoints import init_checkpoint, load_init
+from ambig.cli import user_errors
 from ambig.data.audio import AudioError, load_audio
 from ambig.data.records import Record
 from ambig.model.family import model_family
@@ -66,7 +67,8 @@ class Predictor:
                     "(runs/<dataset>/<strategy>/fold<k>/<timestamp>) or a .ckpt inside one"
                 )
         cfg = OmegaConf.load(run_dir / "config.yaml")
-        self.classes = tuple(json.loads((run_dir / "metrics.json").read_text())["classes"])
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        self.classes = tuple(metrics["classes"])
         model, processor = load_model(cfg.model)
         self.cot = bool(cfg.cot.enabled)
         self.builder = BatchBuilder(
@@ -83,7 +85,9 @@ class Predictor:
         self.model = holder.model.eval()
         self.sample_rate = int(cfg.model.sample_rate)
         self.max_seconds = float(cfg.model.max_audio_seconds)
-        self.max_new_tokens = int(max_new_tokens or cfg.decoding.max_new_tokens)
+        # The budget the run was evaluated with (sized from its training targets when it said auto).
+        budget = metrics.get("max_new_tokens") or cfg.decoding.max_new_tokens
+        self.max_new_tokens = int(max_new_tokens or budget)
         self.output_format = cfg.model.get("output_format", "ambig")
 
     @torch.no_grad()
@@ -148,6 +152,7 @@ def read_transcripts(path: Path | None) -> dict[str, str]:
     return {row["file"]: row["transcript"] for row in rows}
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> int:
     args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv))
     unknown = set(args) - {"checkpoint", "audio", "transcripts", "out", "max_new_tokens"}

@@ -56,11 +56,25 @@ def combined_reward(
     *,
     w_dist: float,
     w_fmt: float,
+    answered: Tensor | None = None,
+    unanswered_reward: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """``w_dist * distribution + w_fmt * format`` per rollout, with both components returned."""
+    """``w_dist * distribution + w_fmt * format`` per rollout, with both components returned.
+
+    ``answered`` (N,) bool: rollouts that wrote the answer prefix within their budget. The others have no
+    read-out (their ``q`` rows are ignored, NaN allowed) and get ``unanswered_reward`` as their distribution
+    term, so a rollout cannot earn a read-out's reward without answering.
+    """
     if len(texts) != p.shape[0]:
         raise ValueError(f"{len(texts)} texts for {p.shape[0]} distributions")
-    dist = distribution_reward(p, q)
+    if answered is None:
+        answered = torch.ones(p.shape[0], dtype=torch.bool)
+    answered = answered.to(device=p.device, dtype=torch.bool)
+    if answered.shape != p.shape[:1]:
+        raise ValueError(f"answered has shape {tuple(answered.shape)} for {p.shape[0]} rollouts")
+    dist = torch.full((p.shape[0],), float(unanswered_reward), dtype=q.dtype, device=p.device)
+    if answered.any():
+        dist[answered] = distribution_reward(p[answered], q[answered]).to(dist.dtype)
     fmt = format_reward(texts, classes).to(device=dist.device, dtype=dist.dtype)
     return w_dist * dist + w_fmt * fmt, {"distribution": dist, "format": fmt}
 

@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ambig.budget import TargetLengths, resolve, summarise, target_token_counts
 from ambig.checkpoints import (
     AtomicCheckpointIO,
     LastCheckpoint,
@@ -25,6 +26,7 @@ from ambig.checkpoints import (
     load_init,
     resolve_init_from,
 )
+from ambig.cli import user_errors
 from ambig.config import ConfigError, require_settings
 from ambig.curation.sources import training_cots
 from ambig.data.datamodule import EmotionDataModule, validated_split
@@ -81,6 +83,56 @@ def cross_corpus_test(test_cfg: DictConfig, split: FoldSplit, classes: tuple[str
     return FoldSplit(split.train, split.val, records), shared, list(getattr(corpus, "skipped", [])) + skips
 
 
+def target_lengths(cfg: DictConfig, builder: BatchBuilder, split: FoldSplit, classes, trains: bool):
+    """The fold's training targets' lengths in the model's tokens (None when there are none to measure).
+
+    A training run's split already carries its CoTs; a run that trains nothing (base, evaluate) gets them the
+    same way (`cot.source`) to size its budget, without leaving clips out of anything.
+    """
+    records = list(split.train)
+    if cfg.cot.enabled and not trains:
+        try:
+            records, _ = training_cots(
+                records,
+                classes,
+                source=cfg.cot.source,
+                curation_file=Path(cfg.paths.curation_dir) / cfg.dataset.name / "cot.jsonl",
+                sample_rate=cfg.model.sample_rate,
+            )
+        except ValueError as err:
+            log.warning("no training CoTs to size the generation budget from: %s", err)
+            return None
+        records = [r for r in records if r.cot]
+    return summarise(target_token_counts(builder, records)) if records else None
+
+
+BUDGET_KEYS = ("decoding.max_new_tokens", "strategy.rollout.max_new_tokens", "tts.max_new_tokens")
+
+
+def resolve_budgets(cfg: DictConfig, lengths: TargetLengths | None) -> None:
+    """Every generation budget of the run made a number (`auto` sized from the targets, ambig.budget) and
+    checked against the targets; rollout and test-time-scaling budgets follow decoding's unless set."""
+    options = {
+        "margin": float(cfg.decoding.budget_margin),
+        "refuse_short": bool(cfg.decoding.refuse_short_budget),
+    }
+    with open_dict(cfg):
+        for key in BUDGET_KEYS:
+            setting = OmegaConf.select(cfg, key, default=None)
+            if setting is None:
+                continue
+            OmegaConf.update(cfg, key, resolve(setting, lengths, key=key, **options))
+    how = "auto" if lengths is not None else "explicit"
+    described = f"; training targets: {lengths.describe()}" if lengths is not None else ""
+    log.info(
+        "generation budget: %s (%s, margin %.0f%%)%s",
+        ", ".join(f"{k}={OmegaConf.select(cfg, k)}" for k in BUDGET_KEYS if OmegaConf.select(cfg, k)),
+        how,
+        100 * options["margin"],
+        described,
+    )
+
+
 def build_strategy(cfg: DictConfig, model, builder: BatchBuilder, test_builder: BatchBuilder | None = None):
     cls = get_class(cfg.strategy._target_)
     extra = {
@@ -92,6 +144,13 @@ def build_strategy(cfg: DictConfig, model, builder: BatchBuilder, test_builder: 
         **OmegaConf.to_container(cfg.optim, resolve=True),
         **OmegaConf.to_container(cfg.strategy.optim, resolve=True),
     }
+    try:
+        return build(cls, cfg, model, builder, test_builder, optim, extra)
+    except ValueError as err:  # a strategy refusing its settings: the user's config
+        raise ConfigError(f"strategy={cfg.strategy.name}: {err}") from err
+
+
+def build(cls, cfg, model, builder, test_builder, optim, extra):
     return cls(
         model,
         builder,
@@ -212,6 +271,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         )
         for classes in (corpus.classes, test_classes)
     )
+    trains = get_class(cfg.strategy._target_).trains
+    lengths = target_lengths(cfg, builder, split, corpus.classes, trains)
+    resolve_budgets(cfg, lengths)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the budgets as numbers
     strategy = build_strategy(cfg, model, builder, test_builder)
     datamodule = EmotionDataModule(
         split,
@@ -232,6 +295,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             "model": cfg.model.name,
             "loss": cfg.loss.name,
             "cot": cfg.cot.name,
+            "seed": cfg.seed,
+            "experiment_name": cfg.get("experiment_name"),
         }
         initialised_from = load_init(strategy, resolve_init_from(cfg.init_from, cfg.paths.runs_dir, want))
 
@@ -258,11 +323,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "cot": cfg.cot.name,
         "fold": cfg.fold,
         "seed": cfg.seed,
+        "experiment_name": cfg.get("experiment_name"),
         "classes": list(test_classes),
         "best_checkpoint": best,
         "resumed_from": str(resumed_from) if resumed_from else None,
         "initialised_from": str(initialised_from) if initialised_from else None,
         "skipped_nonfinite_batches": strategy.skipped_nonfinite,
+        # The budget the test trajectories had, the training targets it was sized from, and what it did:
+        # the share of test trajectories that wrote "Answer:" (the rest were read by the fallback) and the
+        # share it cut (no end-of-turn token within the budget). None without trajectories (cot=none, direct).
+        "max_new_tokens": int(cfg.tts.max_new_tokens if cfg.get("tts") else cfg.decoding.max_new_tokens),
+        "target_tokens": lengths.as_dict() if lengths is not None else None,
+        **trajectory_shares(strategy.trajectories),
     }
     if cfg.get("tts"):  # test-time scaling (python -m ambig.evaluate): the strategy and its compute
         clips = max(strategy.compute["clips"], 1.0)
@@ -287,7 +359,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return metrics
 
 
+def trajectory_shares(counts: dict[str, float]) -> dict:
+    n = counts["n"]
+    return {
+        "trajectories": int(n),
+        "answered_share": counts["answered"] / n if n else None,
+        "truncated_share": counts["truncated"] / n if n else None,
+    }
+
+
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@user_errors
 def main(cfg: DictConfig) -> dict:
     return run(cfg, Path(HydraConfig.get().runtime.output_dir))
 

@@ -19,6 +19,7 @@ COMMON = [
     "trainer.limit_val_batches=1",
     "trainer.enable_progress_bar=false",
     "decoding.max_new_tokens=8",
+    "decoding.refuse_short_budget=false",
     "batch_size=4",
     "eval_batch_size=4",  # 6 test clips: rank 0 gets 3, rank 1 gets 3, in batches of 4 and fewer
     "logger=none",

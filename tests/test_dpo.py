@@ -16,11 +16,11 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from ambig.checkpoints import load_init
 from ambig.losses import dpo_loss, sequence_logps
-from ambig.model.inputs import completion_batch
+from ambig.model.inputs import audio_token_id, completion_batch
 from ambig.model.load import load_model
-from ambig.rollout import audio_token_id, completions, expand, sample
-from ambig.strategies.base import teacher_forced_logits
-from ambig.strategies.dpo import DPOStrategy, rows_of, select_negatives, target_mask
+from ambig.rollout import completions, expand, sample
+from ambig.scoring import full_logits, target_mask
+from ambig.strategies.dpo import DPOStrategy, rows_of, select_negatives
 from ambig.train import run
 
 LORA_SAVE = {
@@ -53,7 +53,7 @@ def make_dpo(model, builder, **overrides):
 
 def logps_of(model, seqs: dict) -> torch.Tensor:
     with torch.no_grad():
-        return sequence_logps(teacher_forced_logits(model, seqs), seqs["input_ids"], seqs["completion_mask"])
+        return sequence_logps(full_logits(model, seqs), seqs["input_ids"], seqs["completion_mask"])
 
 
 def perturb_trainable(model, scale: float = 0.05) -> None:
@@ -170,11 +170,12 @@ def test_sample_reuses_the_batch_features_and_reads_out_every_rollout(tiny_lora,
     out = sample(model, batch, builder, n=3, max_new_tokens=2, temperature=1.0, top_p=1.0)
     # Two tokens cannot hold a trajectory and "Answer:": every row is read after one extra forward.
     assert out.log_q.shape == (6, len(builder.classes)) and torch.isfinite(out.log_q).all()
-    assert out.from_generation.tolist() == [False] * 6
+    assert out.answered.tolist() == [False] * 6 and out.fallback.tolist() == [True] * 6
     torch.testing.assert_close(out.log_q.exp().sum(-1), torch.ones(6))
-    ended = completions(out, builder, max_new_tokens=2)
-    for row, full in zip(out.tokens, ended, strict=True):
-        assert full == (row + [builder.end_id] if len(row) < 2 else row)
+    ended = completions(out, builder)
+    for row, full, cut in zip(out.tokens, ended, out.truncated.tolist(), strict=True):
+        assert cut == (len(row) == 2)  # no end-of-turn token within the budget
+        assert full == (row if cut else row + [builder.end_id])
 
 
 # ---- the loss ------------------------------------------------------------------------------------------
@@ -248,12 +249,18 @@ def test_load_init_picks_best_then_last_and_loads_trainable_weights(tiny_cfg_fac
 
 def test_dpo_runs_end_to_end_on_the_synthetic_corpus(isolated):
     metrics = run(
-        make_cfg("strategy=dpo", "strategy.num_rollouts=2", "decoding.max_new_tokens=8"), isolated / "run"
+        make_cfg(
+            "strategy=dpo",
+            "strategy.num_rollouts=2",
+            "decoding.max_new_tokens=8",
+            "decoding.refuse_short_budget=false",
+        ),
+        isolated / "run",
     )
     assert metrics["strategy"] == "dpo" and 0 <= metrics["js"] <= 1 and metrics["n"] > 0
     rows = list(csv.DictReader((isolated / "run" / "logs" / "metrics.csv").open()))
     logged = {k for row in rows for k, v in row.items() if v}
-    for key in ("dpo", "kl", "ce", "negatives/share", "rollouts/js_mean", "rollouts/from_generation"):
+    for key in ("dpo", "kl", "ce", "negatives/share", "rollouts/js_mean", "rollouts/answered"):
         assert f"train/{key}" in logged
     assert json.loads((isolated / "run" / "metrics.json").read_text())["strategy"] == "dpo"
 
@@ -265,6 +272,7 @@ def test_dpo_starts_from_an_sft_run_with_init_from(isolated):
             "strategy=dpo",
             "strategy.num_rollouts=2",
             "decoding.max_new_tokens=8",
+            "decoding.refuse_short_budget=false",
             f"init_from={isolated / 'sft'}",
         ),
         isolated / "dpo",
@@ -299,6 +307,9 @@ def test_rollouts_never_write_the_audio_placeholder(tiny_lora, builder, examples
         def __call__(self, **kwargs):
             return model(**kwargs)
 
+        def __getattr__(self, name):  # the model's own parts (output head, inner model)
+            return getattr(model, name)
+
         def generate(self, **kwargs):
             return model.generate(**kwargs, logits_processor=LogitsProcessorList([Boost(audio)]))
 
@@ -307,3 +318,43 @@ def test_rollouts_never_write_the_audio_placeholder(tiny_lora, builder, examples
     assert not any(audio in row for row in out.tokens) and torch.isfinite(out.log_q).all()
     with pytest.raises(ValueError, match="audio placeholder"):
         completion_batch(builder, batch, [[audio], [5]])
+
+
+# ---- rollouts that never answer; dropout ---------------------------------------------------------------
+
+
+def test_an_unanswered_rollout_is_a_negative_of_js_one(tiny_lora, builder, examples):
+    model, _ = tiny_lora
+    strategy = make_dpo(model, builder)
+    batch = builder(examples[:2])
+    torch.manual_seed(0)
+    rollouts = strategy.sample_rollouts(batch)  # 8 tokens: no "Answer:", so no read-out
+    assert not rollouts.answered.any() and torch.isnan(rollouts.log_q).all()
+    js = strategy.rollout_js(batch, rollouts)
+    torch.testing.assert_close(js, torch.ones(2, 2))
+    rollouts.answered[0] = True
+    rollouts.log_q[0] = torch.log(batch["p"][0].clamp(min=1e-9))  # answered with the human distribution
+    js = strategy.rollout_js(batch, rollouts)
+    assert float(js[0, 0]) == pytest.approx(0.0, abs=1e-4) and float(js[0, 1]) == 1.0
+    assert select_negatives(js, 0.1, "worst") == [(0, 1), (1, 0)]
+
+
+@pytest.mark.parametrize("disable_dropout", [True, False])
+def test_margin_is_zero_at_step_zero_without_dropout(tiny_cfg_factory, builder, examples, disable_dropout):
+    """Policy = reference (reference=init at the start) in train mode with LoRA dropout in the config: the
+    DPO margin is exactly 0 and the loss log 2 when dropout is off; with it on the margin is noise."""
+    torch.manual_seed(0)
+    model, _ = load_model(tiny_cfg_factory(lora=LORA_SAVE))
+    perturb_trainable(model)  # an adapter off its zero init, so dropout on it changes the outputs
+    strategy = make_dpo(model, builder, reference="init", tau=0.0, disable_dropout=disable_dropout)
+    model.train()
+    strategy.reference.snapshot()
+    batch = builder(examples[:3])
+    torch.manual_seed(1)
+    rollouts = strategy.sample_rollouts(batch)
+    _, parts = strategy.preference_loss(batch, rollouts, strategy.rollout_js(batch, rollouts))
+    margin = float(parts["rewards/margin"])
+    if disable_dropout:
+        assert margin == pytest.approx(0.0, abs=1e-6) and float(parts["dpo"]) == pytest.approx(math.log(2))
+    else:
+        assert abs(margin) > 1e-4

@@ -73,6 +73,7 @@ def write_finished(root: Path, name: str, **fields) -> Path:
     ckpt = run / "checkpoints" / "best.ckpt"
     ckpt.write_text("x")
     metrics = {"dataset": "iemocap", "fold": 2, "model": "tiny", "loss": "ambiguity", "cot": "structured"}
+    metrics |= {"seed": 0, "experiment_name": "table2"}
     metrics |= {"strategy": "sft", "best_checkpoint": str(ckpt), **fields}
     (run / "metrics.json").write_text(json.dumps(metrics))
     return run
@@ -80,13 +81,19 @@ def write_finished(root: Path, name: str, **fields) -> Path:
 
 def test_init_from_run_finds_the_newest_matching_finished_run(tmp_path):
     want = {"dataset": "iemocap", "fold": 2, "model": "tiny", "loss": "ambiguity", "cot": "structured"}
+    want |= {"seed": 0, "experiment_name": "table2"}
     old = write_finished(tmp_path, "a/old")
     new = write_finished(tmp_path, "multirun/x/7-iemocap-sft-fold2")
     write_finished(tmp_path, "b/other_fold", fold=3)
     write_finished(tmp_path, "b/other_loss", loss="ce_only")
     write_finished(tmp_path, "b/dpo", strategy="dpo")
+    # Newer than `new`, but of another seed or another experiment: never picked.
+    write_finished(tmp_path, "c/other_seed", seed=1)
+    write_finished(tmp_path, "c/other_experiment", experiment_name="fig2_kl")
     os.utime(old / "metrics.json", (time.time() - 100, time.time() - 100))
+    os.utime(new / "metrics.json", (time.time() - 50, time.time() - 50))
     assert find_run(tmp_path, "sft", want) == new
+    assert find_run(tmp_path, "sft", {**want, "seed": 1}) == tmp_path / "c/other_seed"
     assert resolve_init_from("run:sft", tmp_path, want) == str(new)
     assert resolve_init_from("/some/run", tmp_path, want) == "/some/run"
     with pytest.raises(
@@ -166,7 +173,12 @@ def test_launcher_configs_compose(launcher):
 def test_local_submitit_launcher_runs_a_tiny_sweep(smoke_env):
     before = set((smoke_env["AMBIG_RUNS_DIR"] / "multirun").glob("*"))
     args = ["strategy=base", "fold=1,2", "logger=none", "dataset.corpus.n_utterances=30"]
-    args += ["trainer.limit_test_batches=1", "decoding.max_new_tokens=8", "trainer.enable_progress_bar=false"]
+    args += [
+        "trainer.limit_test_batches=1",
+        "decoding.max_new_tokens=8",
+        "decoding.refuse_short_budget=false",
+        "trainer.enable_progress_bar=false",
+    ]
     proc = subprocess.run(
         [sys.executable, "-m", "ambig.train", "-m", "hydra/launcher=local", *args],
         cwd=ROOT,

@@ -20,8 +20,10 @@ from test_ddp import ROOT, train
 
 from ambig.distributed import FSDPWithCPU, clean_name, deepspeed, fsdp, layer_classes, shards_weights
 
+# GRPOz: the random tiny model's short rollouts never answer, so they all earn the unanswered reward and
+# plain GRPO's advantages would be 0 (nothing to learn); the curated member gives each group a signal.
 GRPO = [
-    "strategy=grpo",
+    "strategy=grpoz",
     "strategy.num_generations=2",
     "trainer.limit_train_batches=2",
     "trainer.log_every_n_steps=1",

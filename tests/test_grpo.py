@@ -14,11 +14,11 @@ from test_grpo_losses import ref_grpo
 from test_train import make_cfg
 
 from ambig.losses import sequence_logps
-from ambig.model.inputs import completion_batch
+from ambig.model.inputs import audio_token_id, completion_batch
 from ambig.model.load import load_model
-from ambig.rollout import completions, expand
-from ambig.strategies.base import teacher_forced_logits
-from ambig.strategies.grpo import GRPOStrategy, token_logps
+from ambig.rollout import completions, expand, sample
+from ambig.scoring import full_logits, scored_start, token_logps
+from ambig.strategies.grpo import GRPOStrategy
 from ambig.train import run
 
 OPTIM, LOSS = ADAMW, AMBIGUITY_LOSS
@@ -65,14 +65,45 @@ def moved_lora(tiny_cfg_factory):
     return model.eval()
 
 
+def answered_rollouts(strategy, batch):
+    """The strategy's rollouts for `batch`, each read out as if it had answered (the fallback read-out):
+    the tiny random model never writes "Answer:" in a few tokens, and these tests need rewards that differ."""
+    decoded = sample(
+        strategy.model, batch, strategy.builder, n=strategy.num_generations, fallback=True, **strategy.rollout
+    )
+    decoded.answered[:] = True
+    return decoded
+
+
+def full_token_logps(model, seqs, builder, temperature=1.0):
+    """Per-token log-probs of every position from the model's whole logits, the audio placeholder left out as
+    sampling leaves it out, cut to the completion columns (what ambig.scoring computes from the completion
+    positions only)."""
+    with torch.no_grad():
+        logits = full_logits(model, seqs)[:, :-1].float() / temperature
+    audio = audio_token_id(builder)
+    logits[..., audio] = float("-inf")
+    every = torch.log_softmax(logits, -1).gather(-1, seqs["input_ids"][:, 1:, None]).squeeze(-1)
+    every = torch.where(seqs["input_ids"][:, 1:] == audio, 0.0, every)  # prompt audio slots: never scored
+    return every[:, scored_start(seqs["completion_mask"]) :]
+
+
 def test_token_logps_sum_to_sequence_logps():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 7, 11, generator=gen)
     ids = torch.randint(0, 11, (3, 7), generator=gen)
     mask = torch.tensor([[0, 0, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 1, 1], [0, 1, 1, 1, 1, 1, 1]])
-    per_token = token_logps(logits, ids)
+    per_token = token_logps(logits[:, :-1], ids[:, 1:])
     assert per_token.shape == (3, 6)
     torch.testing.assert_close((per_token * mask[:, 1:]).sum(-1), sequence_logps(logits, ids, mask))
+    # In chunks of one row (the memory-bounded path), with and without gradients: the same values.
+    grad_logits = logits.clone().requires_grad_()
+    chunked = token_logps(grad_logits[:, :-1], ids[:, 1:], chunk_elements=1)
+    torch.testing.assert_close(chunked, per_token)
+    (chunked * mask[:, 1:]).sum().backward()
+    reference = logits.clone().requires_grad_()
+    sequence_logps(reference, ids, mask).sum().backward()
+    torch.testing.assert_close(grad_logits.grad, reference.grad)
 
 
 def test_refuses_a_model_without_lora(tiny_base, builder):
@@ -89,7 +120,8 @@ def test_rollout_logps_see_the_audio(tiny_lora, builder, examples):
     with torch.no_grad():
         a = strategy.policy_token_logps(seqs)
         b = strategy.policy_token_logps(other)
-    mask = seqs["completion_mask"][:, 1:].bool()
+    mask = seqs["completion_mask"][:, scored_start(seqs["completion_mask"]) + 1 :].bool()
+    assert mask.sum().item() == 8 and a.shape == mask.shape
     assert not torch.allclose(a[mask], b[mask])
 
 
@@ -138,9 +170,7 @@ def test_rollout_rows_match_their_prompts(tiny_lora, builder, examples):
     torch.manual_seed(2)
     decoded = strategy.sample_rollouts(batch)
     groups = strategy.build_groups(batch, decoded)
-    expected = completion_batch(
-        builder, expand(batch, 2), completions(decoded, builder, strategy.rollout["max_new_tokens"])
-    )
+    expected = completion_batch(builder, expand(batch, 2), completions(decoded, builder))
     assert torch.equal(groups.seqs["input_ids"], expected["input_ids"])
     assert "gold_advantage" not in groups.stats
     for key in ("reward/mean", "reward/format_mean", "rollouts/well_formed", "completion_length"):
@@ -171,6 +201,7 @@ def test_mu_above_one_changes_the_policy_between_uses(tiny_cfg_factory, builder,
     torch.manual_seed(0)
     model = load_model(tiny_cfg_factory(lora=True))[0].eval()  # no dropout: ratio is exactly 1 at first
     strategy = make_grpo(model, builder, num_iterations=2)
+    strategy.sample_rollouts = lambda batch: answered_rollouts(strategy, batch)  # rewards that differ
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     torch.manual_seed(1)
     groups = strategy.next_rollouts(builder(examples[:2]))
@@ -192,13 +223,14 @@ def test_every_loss_type_through_the_strategy_matches_trls_formula(moved_lora, b
     strategy = make_grpo(model, builder, include_gold=True, loss_type=loss_type, beta=0.1)
     batch = builder(examples[:2])
     torch.manual_seed(4)
-    groups = strategy.build_groups(batch, strategy.sample_rollouts(batch))
+    groups = strategy.build_groups(batch, answered_rollouts(strategy, batch))
     with torch.no_grad():
         loss, parts = strategy.grpo_objective(groups)
         seqs = groups.seqs
-        logps = token_logps(teacher_forced_logits(model, seqs), seqs["input_ids"])
+        logps = full_token_logps(model, seqs, builder)
         with model.disable_adapter():
-            ref = token_logps(teacher_forced_logits(model, seqs), seqs["input_ids"])
+            ref = full_token_logps(model, seqs, builder)
+    assert logps.shape == groups.mask.shape
     assert (logps - ref).abs().max() > 1e-4  # the adapter matters, so the KL term is not trivially 0
     expected, stats = ref_grpo(
         logps.double().tolist(),
@@ -222,7 +254,7 @@ def test_seeded_steps_on_a_fixed_toy_batch_raise_its_mean_reward(tiny_cfg_factor
     strategy = make_grpo(model, builder, num_generations=4, beta=0.0)
     batch = builder(examples[:2])
     torch.manual_seed(5)
-    groups = strategy.build_groups(batch, strategy.sample_rollouts(batch))
+    groups = strategy.build_groups(batch, answered_rollouts(strategy, batch))
     rewards = groups.rewards.view(2, 4)
     assert (rewards.max(1).values - rewards.min(1).values > 1e-4).all()  # something to prefer in each group
 
@@ -245,7 +277,12 @@ def test_seeded_steps_on_a_fixed_toy_batch_raise_its_mean_reward(tiny_cfg_factor
 @pytest.mark.parametrize("name", ["grpo", "grpoz"])
 def test_grpo_runs_end_to_end_on_the_synthetic_corpus(isolated, name):
     metrics = run(
-        make_cfg(f"strategy={name}", "strategy.num_generations=2", "decoding.max_new_tokens=8"),
+        make_cfg(
+            f"strategy={name}",
+            "strategy.num_generations=2",
+            "decoding.max_new_tokens=8",
+            "decoding.refuse_short_budget=false",
+        ),
         isolated / "run",
     )
     assert metrics["strategy"] == name and 0 <= metrics["js"] <= 1 and metrics["n"] > 0
@@ -278,7 +315,13 @@ def test_grpo_runs_on_the_corpus_fixtures(isolated, dataset, name):
 
 def test_grpoz_starts_from_an_sft_run_and_mu_two_doubles_the_steps(isolated):
     sft = run(make_cfg(), isolated / "sft")
-    common = ("strategy=grpoz", "strategy.num_generations=2", "decoding.max_new_tokens=8", "logger=csv")
+    common = (
+        "strategy=grpoz",
+        "strategy.num_generations=2",
+        "decoding.max_new_tokens=8",
+        "decoding.refuse_short_budget=false",
+        "logger=csv",
+    )
     common += ("trainer.limit_train_batches=null",)  # every training batch, so the count shows the repeats
     once = run(make_cfg(*common, f"init_from={isolated / 'sft'}"), isolated / "mu1")
     twice = run(
@@ -304,3 +347,71 @@ def test_grpoz_starts_from_an_sft_run_and_mu_two_doubles_the_steps(isolated):
         return float(min((r for r in rows if r.get("train/kl")), key=lambda r: int(r["step"]))["train/kl"])
 
     assert first_kl(isolated / "mu1") < first_kl(isolated / "base_ref") / 2
+
+
+# ---- what a rollout that never answers earns; dropout -----------------------------------------------------
+
+
+def test_an_unanswered_rollout_earns_the_unanswered_reward_and_no_read_out(tiny_lora, builder, examples):
+    model, _ = tiny_lora
+    strategy = make_grpo(model, builder, unanswered_reward=0.2, w_fmt=0.5)
+    batch = builder(examples[:2])
+    calls = []
+    head = model.get_base_model().lm_head
+    handle = head.register_forward_hook(lambda mod, args, out: calls.append(out.shape[1]))
+    torch.manual_seed(0)
+    try:
+        decoded = strategy.sample_rollouts(batch)  # 8 tokens: the random model never writes "Answer:"
+    finally:
+        handle.remove()
+    assert not decoded.answered.any() and not decoded.fallback.any()
+    assert torch.isnan(decoded.log_q).all()
+    steps = max(len(t) + (not cut) for t, cut in zip(decoded.tokens, decoded.truncated.tolist(), strict=True))
+    assert len(calls) == steps  # one head call per generated token: no read-out forward after them
+    groups = strategy.build_groups(batch, decoded)
+    torch.testing.assert_close(groups.rewards, torch.full((4,), 0.2))
+    assert groups.stats["rollouts/answered"] == 0 and groups.stats["reward/distribution_mean"] == 0.2
+    # A rollout that answered keeps its read-out's reward beside one that did not.
+    decoded.answered[0] = True
+    decoded.log_q[0] = torch.log(torch.tensor([0.7, 0.1, 0.1, 0.1]))
+    groups = strategy.build_groups(batch, decoded)
+    p = batch["p"][0]
+    m = (p + torch.tensor([0.7, 0.1, 0.1, 0.1])) / 2
+    js = 0.5 * sum(a * torch.log2(a / b) for a, b in zip(p, m, strict=True) if a > 0)
+    js = js + 0.5 * sum(
+        a * torch.log2(a / b) for a, b in zip(torch.tensor([0.7, 0.1, 0.1, 0.1]), m, strict=True)
+    )
+    assert float(groups.rewards[0]) == pytest.approx(1 - float(js), abs=1e-5)
+    torch.testing.assert_close(groups.rewards[1:], torch.full((3,), 0.2))
+
+
+def test_unanswered_reward_above_a_perfect_answer_is_refused(tiny_lora, builder):
+    with pytest.raises(ValueError, match="unanswered_reward=1.5"):
+        make_grpo(tiny_lora[0], builder, unanswered_reward=1.5)
+
+
+@pytest.mark.parametrize("disable_dropout", [True, False])
+def test_without_dropout_the_first_reused_step_has_ratio_one_and_no_kl(tiny_cfg_factory, builder, examples,
+                                                                        disable_dropout):  # fmt: skip
+    """num_iterations 2, train mode, LoRA dropout 0.05 in the config, reference = the initial weights: the old
+    log-probs (taken at sampling time) and the reference are the policy itself at the first step, so the ratio
+    is 1 and k3 is 0 exactly when dropout is off everywhere; with it on in the policy pass they are not."""
+    torch.manual_seed(0)
+    model = load_model(tiny_cfg_factory(lora=True))[0]
+    perturb = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # an adapter off its zero init, so dropout on it changes the outputs
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=perturb))
+    strategy = make_grpo(model, builder, num_iterations=2, reference="init", disable_dropout=disable_dropout)
+    strategy.sample_rollouts = lambda batch: answered_rollouts(strategy, batch)
+    model.train()
+    strategy.reference.snapshot()
+    torch.manual_seed(1)
+    groups = strategy.next_rollouts(builder(examples[:2]))
+    _, parts = strategy.grpo_objective(groups)
+    if disable_dropout:
+        assert float(parts["ratio_mean"]) == pytest.approx(1.0, abs=1e-6)
+        assert float(parts["kl"]) == pytest.approx(0.0, abs=1e-7)
+    else:
+        assert abs(float(parts["ratio_mean"]) - 1.0) > 1e-5 or float(parts["kl"]) > 1e-6

@@ -18,7 +18,7 @@ from ambig.model.audio_encoding import audio_tower_frozen, with_encoded_audio
 from ambig.model.inputs import completion_batch
 from ambig.model.load import load_model
 from ambig.rollout import decode, expand, prefill
-from ambig.strategies.base import teacher_forced_logits
+from ambig.scoring import full_logits
 from ambig.strategies.dpo import DPOStrategy
 from ambig.strategies.grpo import GRPOStrategy
 from ambig.train import run
@@ -60,10 +60,10 @@ def test_encoded_audio_gives_the_thinkers_own_logits(moved_omni, omni_builder, o
     assert encoded["encoded_audio"].hidden.shape[0] == 4
     assert encoded["encoded_audio"].hidden.shape[-1] == moved_omni.config.text_config.hidden_size
     with torch.no_grad():
-        own = teacher_forced_logits(moved_omni, omni_batch)
-        cached = teacher_forced_logits(moved_omni, encoded)
+        own = full_logits(moved_omni, omni_batch)
+        cached = full_logits(moved_omni, encoded)
         with moved_omni.disable_adapter():
-            own_ref = teacher_forced_logits(moved_omni, omni_batch)
+            own_ref = full_logits(moved_omni, omni_batch)
     torch.testing.assert_close(cached, own, atol=1e-5, rtol=0)
     assert (own - own_ref).abs().max() > 1e-3  # the adapter matters, so the comparison means something
     # Rows of a group point at their clip.
@@ -72,8 +72,8 @@ def test_encoded_audio_gives_the_thinkers_own_logits(moved_omni, omni_builder, o
     shared_rows = completion_batch(omni_builder, expand(encoded, 2), tails)
     with torch.no_grad():
         torch.testing.assert_close(
-            teacher_forced_logits(moved_omni, shared_rows),
-            teacher_forced_logits(moved_omni, own_rows),
+            full_logits(moved_omni, shared_rows),
+            full_logits(moved_omni, own_rows),
             atol=1e-5,
             rtol=0,
         )
@@ -143,6 +143,7 @@ def test_evaluate_the_tiny_thinker_writes_finite_metrics_and_predictions(isolate
                 "fold=1",
                 "tts=cot_greedy",
                 "decoding.max_new_tokens=8",
+                "decoding.refuse_short_budget=false",
             ],
         )
     metrics = evaluate(cfg, isolated / "eval")

@@ -22,6 +22,7 @@ ARGS = [
     "trainer.limit_val_batches=1",
     "trainer.enable_progress_bar=false",
     "decoding.max_new_tokens=8",
+    "decoding.refuse_short_budget=false",
     "batch_size=4",
     "eval_batch_size=8",
     "checkpoint_every_n_steps=1",

@@ -24,14 +24,17 @@ class Forced:
     """A model whose `generate` writes the given token rows; forward passes are the model's own."""
 
     def __init__(self, model, rows):
-        self.model, self.rows = model, rows
+        self.wrapped, self.rows = model, rows
 
     def __call__(self, **kwargs):
-        return self.model(**kwargs)
+        return self.wrapped(**kwargs)
+
+    def __getattr__(self, name):  # the model's own parts (its output head, its inner model)
+        return getattr(self.wrapped, name)
 
     def generate(self, **kwargs):
         force = ForceTokens(self.rows, kwargs["input_ids"].shape[1])
-        return self.model.generate(**kwargs, logits_processor=LogitsProcessorList([force]))
+        return self.wrapped.generate(**kwargs, logits_processor=LogitsProcessorList([force]))
 
 
 def _words(builder, text):
@@ -50,7 +53,7 @@ def test_fallback_reads_after_the_trajectory(tiny_base, builder, examples):
         assert text == builder.tokenizer.decode(row, skip_special_tokens=True)
     # A random model does not write "Answer:" in 4 tokens, so every row is read by one extra forward.
     assert not any(builder.prefix_ids == row[i : i + 2] for row in out.tokens for i in range(len(row)))
-    assert out.from_generation.tolist() == [False, False, False]
+    assert out.answered.tolist() == [False, False, False]
     expected = read_after(model, batch, builder, [row + builder.newline_ids for row in out.tokens])
     torch.testing.assert_close(out.log_q, expected, atol=1e-5, rtol=0)
 
@@ -70,7 +73,7 @@ def test_read_out_from_generation_matches_teacher_forcing(tiny_base, builder, ex
     width = max(len(r) for r in rows)
     rows = [r + [builder.end_id] * (width - len(r)) for r in rows]
     out = decode(Forced(model, rows), batch, builder, max_new_tokens=width)
-    assert out.from_generation.tolist() == [True, True, False]
+    assert out.answered.tolist() == [True, True, False]
     assert out.tokens[0] == before[0] + prefix + _words(builder, " sad")
     # Rows 0 and 1: the generation's own logits after "Answer:" equal a teacher-forced forward's.
     expected = read_after(model, batch, builder, [before[0], before[1], []])
@@ -88,7 +91,7 @@ def test_pad_token_inside_trajectory_keeps_read_out_aligned(tiny_base, builder, 
     written = head[:1] + [builder.pad_id] + head[1:]
     rows = [written + builder.prefix_ids + _words(builder, " sad") + [builder.end_id]]
     out = decode(Forced(model, rows), batch, builder, max_new_tokens=len(rows[0]))
-    assert out.from_generation.tolist() == [True]
+    assert out.answered.tolist() == [True]
     expected = read_after(model, batch, builder, [written])
     torch.testing.assert_close(out.log_q, expected, atol=1e-4, rtol=0)
 

@@ -24,6 +24,7 @@ FAST = [
     "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
     "decoding.max_new_tokens=12",
+    "decoding.refuse_short_budget=false",
     "batch_size=4",
     "eval_batch_size=8",
 ]

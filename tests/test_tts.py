@@ -90,7 +90,13 @@ def test_every_strategy_evaluates_a_trained_checkpoint(isolated):
     sft = run(make_cfg(), isolated / "sft")
     for name in TTS_STRATEGIES:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            overrides = [*FAST, f"tts={name}", "tts.n=2", "decoding.max_new_tokens=6"]
+            overrides = [
+                *FAST,
+                f"tts={name}",
+                "tts.n=2",
+                "decoding.max_new_tokens=6",
+                "decoding.refuse_short_budget=false",
+            ]
             cfg = compose("evaluate", overrides=[*overrides, f"checkpoint={isolated / 'sft'}"])
         metrics = evaluate(cfg, isolated / f"eval-{name}")
         assert metrics["strategy"] == "base" and metrics["tts"]["name"] == name
@@ -117,7 +123,12 @@ def test_the_sweep_runs_at_smoke_scale_and_the_report_draws_compute_vs_quality(i
 
     env = {**os.environ, "AMBIG_RUNS_DIR": str(isolated / "runs"), "AMBIG_CACHE_DIR": str(isolated / "cache")}
     cmd = [sys.executable, "-m", "ambig.evaluate", "-m", "experiment=tts_sweep", "scale=smoke", "tts.n=1,2"]
-    cmd += ["dataset.corpus.n_utterances=30", "logger=none", "decoding.max_new_tokens=6"]
+    cmd += [
+        "dataset.corpus.n_utterances=30",
+        "logger=none",
+        "decoding.max_new_tokens=6",
+        "decoding.refuse_short_budget=false",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep,) = (isolated / "runs" / "multirun").glob("*")

@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from ambig.cli import user_errors
 from ambig.data.folds import make_split
 from ambig.data.records import Record, Skip
 
@@ -100,6 +101,7 @@ def format_card(c: dict) -> str:
 
 
 @hydra.main(config_path="../../conf", config_name="inspect", version_base="1.3")
+@user_errors
 def main(cfg: DictConfig) -> dict:
     result = card(instantiate(cfg.dataset.corpus), cfg.dataset.folds, cfg.seed, cfg.n_folds, cfg.check_audio)
     out = Path(HydraConfig.get().runtime.output_dir) / "card.json"

@@ -187,6 +187,15 @@ class BatchBuilder:
         }
 
 
+def audio_token_id(builder: BatchBuilder) -> int:
+    return builder.tokenizer.convert_tokens_to_ids(builder.processor.audio_token)
+
+
+def prompt_rows(batch: dict) -> list[list[int]]:
+    """Each row's prompt ids without its padding."""
+    return [ids[m.bool()].tolist() for ids, m in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)]
+
+
 def completion_batch(builder: BatchBuilder, batch: dict, completions: Sequence[Sequence[int]]) -> dict:
     """Teacher-forced rows `prompt + completion` for arbitrary completions (row i continues batch row i).
 
@@ -194,8 +203,6 @@ def completion_batch(builder: BatchBuilder, batch: dict, completions: Sequence[S
     completion's tokens only: prompt and padding are 0) and the batch's audio (features or encoded audio),
     so the dict can be fed to the model as it is.
     """
-    from ambig.rollout import audio_token_id, prompt_rows  # rollout imports this module
-
     heads = prompt_rows(batch)
     if len(heads) != len(completions):
         raise ValueError(f"{len(completions)} completions for a batch of {len(heads)} prompts")

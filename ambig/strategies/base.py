@@ -12,19 +12,19 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 
 from ambig.distributed import clean_name, shards_weights, zero3
 from ambig.losses import NonFiniteLossError, check_finite
 from ambig.metrics import DistributionMetrics
 from ambig.model.audio_cache import AUDIO_CACHES, AudioEncodingCache
-from ambig.model.audio_encoding import audio_inputs, audio_tower_frozen, with_encoded_audio
+from ambig.model.audio_encoding import audio_tower_frozen, with_encoded_audio
 from ambig.model.family import family_of
 from ambig.model.formats import FORMATS, parse_output
 from ambig.model.inputs import BatchBuilder
 from ambig.model.readout import readout_log
 from ambig.rng import capture_all_processes, restore_own
 from ambig.rollout import Decoded, decode, read_after, sample
+from ambig.scoring import TargetLogits, target_logits, target_mask, token_ce
 from ambig.strategies.reference import ReferencePolicy
 from ambig.tts.strategies import check_tts, run_tts
 
@@ -32,15 +32,6 @@ log = logging.getLogger(__name__)
 # What a non-finite training loss does: stop the run (the error names step, utterances and loss parts), or
 # skip the batch and count it.
 NONFINITE_POLICIES = ("stop", "skip")
-
-
-def teacher_forced_logits(model, batch: dict) -> torch.Tensor:
-    """Logits (B, L, V) of prompt + teacher-forced target, with the audio."""
-    return model(
-        **audio_inputs(model, batch["input_ids"], batch),
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-    ).logits
 
 
 def check_template(model, builders) -> None:
@@ -90,6 +81,8 @@ class AmbigModule(pl.LightningModule):
             check_tts(tts)
         self.tts = tts  # test-time scaling at test (ambig.tts.strategies); None: the default read-out
         self.compute = {"clips": 0.0, "generated_tokens": 0.0, "forward_passes": 0.0}
+        # Test trajectories: how many, how many wrote the answer prefix, how many the budget cut.
+        self.trajectories = {"n": 0.0, "answered": 0.0, "truncated": 0.0}
         if on_nonfinite_loss not in NONFINITE_POLICIES:
             raise ValueError(
                 f"on_nonfinite_loss={on_nonfinite_loss!r}: choose one of {', '.join(NONFINITE_POLICIES)}"
@@ -115,21 +108,19 @@ class AmbigModule(pl.LightningModule):
         self.strict_loading = False
 
     # ---- forward and read-out -------------------------------------------------------------------------
-    def teacher_forced(self, batch: dict) -> torch.Tensor:
-        return teacher_forced_logits(self.model, batch)
+    def teacher_forced(self, batch: dict) -> TargetLogits:
+        """Logits of the positions predicting the teacher-forced target (CoT, answer word, end token) and of
+        the answer position: the output head runs there only (ambig.scoring)."""
+        return target_logits(self.model, batch, target_mask(batch), extra=batch["answer_index"])
 
-    def answer_log_q(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    def answer_log_q(self, scored: TargetLogits, batch: dict) -> torch.Tensor:
         """log q (B, K) at each row's answer position."""
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        return readout_log(logits[rows, batch["answer_index"]], self.builder.class_ids)
+        return readout_log(scored.at(batch["answer_index"]), self.builder.class_ids)
 
     @staticmethod
-    def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def token_ce(scored: TargetLogits, labels: torch.Tensor) -> torch.Tensor:
         """Mean next-token CE over the labelled target tokens (labels are aligned with the inputs)."""
-        shifted = labels[:, 1:]
-        if not (shifted != -100).any():
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=-100)
+        return token_ce(scored, labels)
 
     # ---- training ---------------------------------------------------------------------------------------
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -201,25 +192,53 @@ class AmbigModule(pl.LightningModule):
 
     @torch.no_grad()
     def policy_rollouts(self, batch: dict, n: int, **sampling) -> Decoded:
-        """n sampled rollouts per utterance from the current policy with dropout off, utterance-major.
+        """n sampled rollouts per utterance from the current policy, utterance-major, in eval mode (no
+        dropout whatever `disable_dropout` says: the samples are pi_theta's). A rollout that never wrote the
+        answer prefix gets no read-out (NaN q, `answered` False): the strategies give it their unanswered
+        value instead, so not answering never earns a read-out's reward.
 
         With `encode_once` the prompt is run once per utterance and its cache shared by the n rollouts.
         """
         was_training = self.model.training
         self.model.eval()
         try:
-            return sample(self.model, batch, self.builder, n=n, share_prompt=self.encode_once, **sampling)
+            return sample(
+                self.model,
+                batch,
+                self.builder,
+                n=n,
+                share_prompt=self.encode_once,
+                fallback=False,
+                **sampling,
+            )
         finally:
             self.model.train(was_training)
 
+    @staticmethod
+    def rollout_stats(rollouts: Decoded) -> dict[str, torch.Tensor]:
+        """What the rollouts did: answered share, share cut by the budget, mean length in tokens."""
+        return {
+            "rollouts/answered": rollouts.answered.float().mean(),
+            "rollouts/truncated": rollouts.truncated.float().mean(),
+            "rollouts/tokens": torch.tensor(sum(map(len, rollouts.tokens)) / max(1, len(rollouts.tokens))),
+        }
+
     # ---- evaluation -------------------------------------------------------------------------------------
     def predict_log_q(self, batch: dict, builder: BatchBuilder):
-        """Evaluation read-out: decode a trajectory (cot) or read right after the answer prefix (direct)."""
+        """Evaluation read-out: decode a trajectory (cot) or read right after the answer prefix (direct).
+        A trajectory that never wrote the prefix is read after appending it (every clip gets a q); the
+        shares that did and that the budget cut are counted (`trajectories`)."""
         if builder.cot:
-            out = decode(self.model, batch, builder, max_new_tokens=self.decoding["max_new_tokens"])
+            out = decode(self.model, batch, builder, max_new_tokens=int(self.decoding["max_new_tokens"]))
+            self.count_trajectories(out.answered, out.truncated)
             return out.log_q, out.texts
         empty = [[] for _ in batch["ids"]]
         return read_after(self.model, batch, builder, empty), [None] * len(empty)
+
+    def count_trajectories(self, answered: torch.Tensor, truncated: torch.Tensor) -> None:
+        self.trajectories["n"] += float(answered.numel())
+        self.trajectories["answered"] += float(answered.sum())
+        self.trajectories["truncated"] += float(truncated.sum())
 
     def _evaluate(
         self,
@@ -235,6 +254,7 @@ class AmbigModule(pl.LightningModule):
             self.compute["clips"] += len(batch["ids"])
             self.compute["generated_tokens"] += float(out.tokens.sum())
             self.compute["forward_passes"] += float(out.forwards.sum())
+            self.count_trajectories(out.answered, out.truncated)
         else:
             log_q, texts = self.predict_log_q(batch, builder)
             q = log_q.exp().float()
@@ -257,6 +277,7 @@ class AmbigModule(pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.predictions = []
         self.compute = dict.fromkeys(self.compute, 0.0)
+        self.trajectories = dict.fromkeys(self.trajectories, 0.0)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.test_builder, self.test_metrics, keep=True, tts=self.tts)
@@ -266,6 +287,7 @@ class AmbigModule(pl.LightningModule):
         # of the clips; all of them are gathered (in the test set's order) so rank zero can write them.
         self.predictions = gather_predictions(self.predictions)
         self.compute = summed_over_processes(self.compute)
+        self.trajectories = summed_over_processes(self.trajectories)
         self.test_results = {k: float(v) for k, v in self.test_metrics.compute().items()}
         self._log_metrics("test", self.test_metrics)
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ambig.losses import dpo_loss, kl_divergence, sequence_logps
+from ambig.losses import dpo_loss, kl_divergence
 from ambig.metrics import js_divergence
+from ambig.model.dropout import disable_dropout as switch_off_dropout
 from ambig.model.inputs import completion_batch
 from ambig.rollout import Decoded, completions
-from ambig.strategies.base import AmbigModule, teacher_forced_logits
+from ambig.scoring import sequence_logps_of, target_logits, target_mask
+from ambig.strategies.base import AmbigModule
 from ambig.strategies.reference import ReferencePolicy
 
 NEGATIVES = ("worst", "all_above_tau")
@@ -37,12 +39,6 @@ def select_negatives(js: Tensor, tau: float, mode: str) -> list[tuple[int, int]]
         worst = js.argmax(-1).tolist()
         return [(u, j) for u, j in enumerate(worst) if above[u, j]]
     return [(u, j) for u, j in above.nonzero().tolist()]
-
-
-def target_mask(batch: dict) -> Tensor:
-    """1 on the teacher-forced target's tokens (CoT, answer word, end token), 0 on prompt and padding."""
-    prompt_len = batch["prompt_mask"].sum(1, keepdim=True).to(batch["position_ids"].device)
-    return batch["attention_mask"].bool() & (batch["position_ids"] >= prompt_len)
 
 
 def rows_of(batch: dict, index: list[int]) -> dict:
@@ -69,11 +65,14 @@ class DPOStrategy(AmbigModule):
         rollout: dict,
         encode_once: bool,
         reference: str,
+        disable_dropout: bool = True,
         **kwargs,
     ):
         super().__init__(model, builder, **kwargs)
         self.encode_once = bool(encode_once)
         self.reference = ReferencePolicy(model, reference, "dpo")
+        if disable_dropout:  # policy passes as deterministic as the sampling and reference passes
+            switch_off_dropout(model)
         if negatives not in NEGATIVES:
             raise ValueError(f"strategy.negatives={negatives!r}: choose one of {', '.join(NEGATIVES)}")
         if int(num_rollouts) < 1 or beta <= 0 or min(lambda_kl, lambda_ce) < 0 or not 0 <= tau <= 1:
@@ -100,17 +99,21 @@ class DPOStrategy(AmbigModule):
         return self.policy_rollouts(batch, self.num_rollouts, **self.rollout)
 
     def rollout_js(self, batch: dict, rollouts: Decoded) -> Tensor:
-        """JS(p, q_j) per utterance and rollout, (B, M)."""
-        q = rollouts.log_q.exp().float()
+        """JS(p, q_j) per utterance and rollout, (B, M). A rollout that never wrote the answer prefix within
+        its budget has no read-out and counts as the worst possible answer, JS 1."""
+        answered = rollouts.answered.to(rollouts.log_q.device)
+        q = torch.where(answered[:, None], rollouts.log_q.exp().float(), torch.ones_like(rollouts.log_q))
         q = q / q.sum(-1, keepdim=True)
         p = batch["p"].to(q.device).repeat_interleave(self.num_rollouts, dim=0)
-        return js_divergence(p, q).view(-1, self.num_rollouts)
+        js = torch.where(answered, js_divergence(p, q), torch.ones_like(q[:, 0]))
+        return js.view(-1, self.num_rollouts)
 
     # ---- log-probs --------------------------------------------------------------------------------------
     def policy_logps(self, seqs: dict) -> Tensor:
-        """Summed completion log-probs (B,) under the policy; `seqs` as `completion_batch` builds it."""
-        logits = teacher_forced_logits(self.model, seqs)
-        return sequence_logps(logits, seqs["input_ids"], seqs["completion_mask"])
+        """Summed completion log-probs (B,) under the policy; `seqs` as `completion_batch` builds it (the
+        output head runs on the completion's positions only)."""
+        scored = target_logits(self.model, seqs, seqs["completion_mask"])
+        return sequence_logps_of(scored, seqs["input_ids"], seqs["completion_mask"])
 
     def reference_logps(self, seqs: dict) -> Tensor:
         """The same under pi_ref (`strategy.reference`: ambig.strategies.reference)."""
@@ -126,14 +129,16 @@ class DPOStrategy(AmbigModule):
     def preference_loss(self, batch: dict, rollouts: Decoded, js: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss given the batch's rollouts and their JS (B, M); fixed rollouts give a fixed objective."""
         n_utt = len(batch["ids"])
-        logits = self.teacher_forced(batch)
-        ce = self.token_ce(logits, batch["labels"])
-        kl = kl_divergence(batch["p"], self.answer_log_q(logits, batch)).mean()
+        scored = self.teacher_forced(batch)
+        ce = self.token_ce(scored, batch["labels"])
+        kl = kl_divergence(batch["p"], self.answer_log_q(scored, batch)).mean()
         pairs = select_negatives(js, self.tau, self.negatives)
         with_negative = len({u for u, _ in pairs})
 
+        device = ce.device
+
         def scalar(x: float) -> Tensor:
-            return torch.tensor(float(x), device=logits.device)
+            return torch.tensor(float(x), device=device)
 
         parts = {
             "ce": ce.detach(),
@@ -145,24 +150,23 @@ class DPOStrategy(AmbigModule):
             "rollouts/js_min": js.min(),
             "rollouts/js_max": js.max(),
             "rollouts/above_tau": (js > self.tau).float().mean(),
-            "rollouts/from_generation": scalar(rollouts.from_generation.float().mean()),
-            "rollouts/tokens": scalar(sum(map(len, rollouts.tokens)) / len(rollouts.tokens)),
+            **{k: v.to(device) for k, v in self.rollout_stats(rollouts).items()},
         }
-        dpo = torch.zeros((), device=logits.device)
+        dpo = torch.zeros((), device=device)
         if pairs:
-            dpo, pair_parts = self._dpo_term(batch, logits, rollouts, pairs, n_utt)
+            dpo, pair_parts = self._dpo_term(batch, scored, rollouts, pairs, n_utt)
             parts.update(pair_parts)
             parts["negatives/mean_js"] = torch.stack([js[u, j] for u, j in pairs]).mean()
         loss = dpo + self.lambda_kl * kl + self.lambda_ce * ce
         parts["dpo"] = dpo.detach()
         return loss, parts
 
-    def _dpo_term(self, batch, logits, rollouts, pairs, n_utt):
+    def _dpo_term(self, batch, scored, rollouts, pairs, n_utt):
         utt = [u for u, _ in pairs]
         chosen = {**batch, "completion_mask": target_mask(batch)}
         # The teacher-forced forward that gave CE and KL also gives log pi(y+).
-        policy_chosen = sequence_logps(logits, batch["input_ids"], chosen["completion_mask"])
-        tokens = completions(rollouts, self.builder, self.rollout["max_new_tokens"])
+        policy_chosen = sequence_logps_of(scored, batch["input_ids"], chosen["completion_mask"])
+        tokens = completions(rollouts, self.builder)
         rejected = completion_batch(
             self.builder, rows_of(batch, utt), [tokens[u * self.num_rollouts + j] for u, j in pairs]
         )

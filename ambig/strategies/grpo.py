@@ -24,21 +24,13 @@ import torch
 from torch import Tensor
 
 from ambig.losses import ADVANTAGE_SCALES, GRPO_LOSS_TYPES, group_advantages, grpo_loss
-from ambig.model.inputs import completion_batch
+from ambig.model.dropout import disable_dropout as switch_off_dropout
+from ambig.model.inputs import audio_token_id, completion_batch
 from ambig.rewards import combined_reward, max_reward
 from ambig.rollout import Decoded, completions, expand
-from ambig.strategies.base import AmbigModule, teacher_forced_logits
-from ambig.strategies.dpo import target_mask
+from ambig.scoring import completion_logps, scored_start, target_mask
+from ambig.strategies.base import AmbigModule
 from ambig.strategies.reference import ReferencePolicy
-
-
-def token_logps(logits: Tensor, ids: Tensor) -> Tensor:
-    """Per-token ``log pi(ids[t] | ids[<t])``, ``(B, L, V) -> (B, L - 1)``: entry t-1 scores ids[t].
-
-    Aligned as :func:`ambig.losses.sequence_logps` but not summed; mask with ``completion_mask[:, 1:]``.
-    """
-    logits = logits[:, :-1].float()
-    return logits.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
 @dataclass
@@ -47,12 +39,12 @@ class Rollouts:
 
     ids: list[str]
     seqs: dict  # completion_batch over the expanded prompts
-    mask: Tensor  # (N, L - 1) completion tokens, aligned with token_logps
+    mask: Tensor  # (N, T) completion tokens, aligned with ambig.scoring.completion_logps
     rewards: Tensor  # (N,)
     advantages: Tensor  # (N,)
     group_size: int
     stats: dict[str, Tensor]
-    old_logps: Tensor | None = None  # (N, L - 1), set at sampling time when mu > 1
+    old_logps: Tensor | None = None  # (N, T), set at sampling time when mu > 1
     uses: int = 0
 
 
@@ -76,11 +68,21 @@ class GRPOStrategy(AmbigModule):
         max_completion_length: int,
         encode_once: bool,
         reference: str,
+        unanswered_reward: float = 0.0,
+        disable_dropout: bool = True,
         **kwargs,
     ):
         super().__init__(model, builder, **kwargs)
         self.encode_once = bool(encode_once)
         self.reference = ReferencePolicy(model, reference, kwargs.get("name", "grpo"))
+        if disable_dropout:  # sampling, policy, old and reference passes: one deterministic model
+            switch_off_dropout(model)
+        if not float(unanswered_reward) <= 1.0:
+            raise ValueError(
+                f"strategy.unanswered_reward={unanswered_reward}: a rollout that never answers cannot earn "
+                "more than a perfect answer's distribution reward (1)"
+            )
+        self.unanswered_reward = float(unanswered_reward)
         if loss_type not in GRPO_LOSS_TYPES:
             raise ValueError(f"strategy.loss_type={loss_type!r}: choose one of {', '.join(GRPO_LOSS_TYPES)}")
         if scale_rewards not in ADVANTAGE_SCALES:
@@ -130,9 +132,16 @@ class GRPOStrategy(AmbigModule):
         q = q / q.sum(-1, keepdim=True)
         p = batch["p"].to(q.device).repeat_interleave(g, dim=0)
         rewards, parts = combined_reward(
-            p, q, decoded.texts, self.builder.classes, w_dist=self.w_dist, w_fmt=self.w_fmt
+            p,
+            q,
+            decoded.texts,
+            self.builder.classes,
+            w_dist=self.w_dist,
+            w_fmt=self.w_fmt,
+            answered=decoded.answered,
+            unanswered_reward=self.unanswered_reward,
         )
-        tokens = completions(decoded, self.builder, self.rollout["max_new_tokens"])
+        tokens = completions(decoded, self.builder)
         rewards = rewards.view(n_utt, g)
         groups = [tokens[u * g : (u + 1) * g] for u in range(n_utt)]
         if self.include_gold:
@@ -155,7 +164,7 @@ class GRPOStrategy(AmbigModule):
             "reward/format_mean": parts["format"].mean(),
             "reward/format_std": parts["format"].std() if g * n_utt > 1 else torch.zeros(()),
             "rollouts/well_formed": parts["format"].mean(),
-            "rollouts/from_generation": decoded.from_generation.float().mean(),
+            **self.rollout_stats(decoded),
             "completion_length": torch.tensor(sum(map(len, decoded.tokens)) / len(decoded.tokens)),
         }
         if self.include_gold:
@@ -163,7 +172,7 @@ class GRPOStrategy(AmbigModule):
         return Rollouts(
             ids=list(batch["ids"]),
             seqs=seqs,
-            mask=seqs["completion_mask"][:, 1:],
+            mask=seqs["completion_mask"][:, scored_start(seqs["completion_mask"]) + 1 :],
             rewards=rewards,
             advantages=advantages,
             group_size=self.group_size,
@@ -172,8 +181,13 @@ class GRPOStrategy(AmbigModule):
 
     # ---- log-probs --------------------------------------------------------------------------------------
     def policy_token_logps(self, seqs: dict) -> Tensor:
-        """Per-token log-probs (N, L - 1) of `seqs` (as `completion_batch` builds it) under the policy."""
-        return token_logps(teacher_forced_logits(self.model, seqs), seqs["input_ids"])
+        """Per-token log-probs (N, T) of the completions of `seqs` (as `completion_batch` builds it) under the
+        policy's sampling distribution, softmax(logits / rollout temperature) without the audio placeholder
+        `generate` never emits: what the rollouts were drawn from (TRL divides by the temperature too). The
+        output head runs on the completion positions only."""
+        suppressed = (audio_token_id(self.builder),)
+        logps, _ = completion_logps(self.model, seqs, self.rollout["temperature"], suppressed)
+        return logps
 
     def reference_token_logps(self, seqs: dict) -> Tensor:
         """The same under pi_ref (`strategy.reference`: ambig.strategies.reference)."""

@@ -25,6 +25,7 @@ from torch import Tensor
 from ambig.model.inputs import BatchBuilder, completion_batch
 from ambig.model.prompt import verification_turn
 from ambig.rollout import completions, decode, expand, last_logits, read_after, sample
+from ambig.scoring import completion_logps, masked_sum
 from ambig.tts.combine import likelihood_weights, mean_readout, vote, weighted
 
 TTS_STRATEGIES = ("direct", "cot_greedy", "self_consistency", "vote", "weighted_best_of_n", "verifier")
@@ -33,12 +34,15 @@ SAMPLED = ("self_consistency", "vote", "weighted_best_of_n", "verifier")
 
 @dataclass
 class TTSOutput:
-    """Per clip: q (B, K), the first trajectory's text (None: direct), generated tokens, forwards (B,)."""
+    """Per clip: q (B, K), the first trajectory's text (None: direct), generated tokens, forwards (B,); per
+    trajectory: whether it wrote the answer prefix and whether the budget cut it (empty for direct)."""
 
     q: Tensor
     texts: list[str | None]
     tokens: Tensor
     forwards: Tensor
+    answered: Tensor
+    truncated: Tensor
 
 
 def check_tts(tts: dict) -> None:
@@ -60,18 +64,19 @@ def run_tts(model, batch: dict, builder: BatchBuilder, tts: dict) -> TTSOutput:
     n_clips = len(batch["ids"])
     if tts["name"] == "direct":
         q = normalised(read_after(model, batch, builder, [[] for _ in range(n_clips)]))
-        return TTSOutput(q, [None] * n_clips, torch.zeros(n_clips), torch.ones(n_clips))
+        none = torch.zeros(0, dtype=torch.bool)
+        return TTSOutput(q, [None] * n_clips, torch.zeros(n_clips), torch.ones(n_clips), none, none)
     if tts["name"] == "cot_greedy":
         out = decode(model, batch, builder, max_new_tokens=int(tts["max_new_tokens"]))
         tokens = torch.tensor([len(t) for t in out.tokens], dtype=torch.float32)
-        forwards = tokens + (~out.from_generation).float()
-        return TTSOutput(normalised(out.log_q), out.texts, tokens, forwards)
+        forwards = tokens + out.fallback.float()
+        return TTSOutput(normalised(out.log_q), out.texts, tokens, forwards, out.answered, out.truncated)
     n = int(tts["n"])
     sampling = {"max_new_tokens": int(tts["max_new_tokens"]), "temperature": float(tts["temperature"])}
     out = sample(model, batch, builder, n=n, top_p=float(tts["top_p"]), **sampling)
     q_all = normalised(out.log_q).view(n_clips, n, -1)
     lengths = torch.tensor([len(t) for t in out.tokens], dtype=torch.float32).view(n_clips, n)
-    forwards = lengths.sum(1) + (~out.from_generation).float().view(n_clips, n).sum(1)
+    forwards = lengths.sum(1) + out.fallback.float().view(n_clips, n).sum(1)
     if tts["name"] == "self_consistency":
         q = torch.stack([mean_readout(q_all[c]) for c in range(n_clips)])
     elif tts["name"] == "vote":
@@ -81,7 +86,7 @@ def run_tts(model, batch: dict, builder: BatchBuilder, tts: dict) -> TTSOutput:
         q = torch.stack([weighted(q_all[c], p_yes[c]) for c in range(n_clips)])
         forwards = forwards + n  # one verification pass per trajectory
     else:
-        logps, scored = trajectory_logps(model, batch, builder, out, n, int(tts["max_new_tokens"]))
+        logps, scored = trajectory_logps(model, batch, builder, out, n)
         weights = [
             likelihood_weights(logps[c], scored[c], float(tts["likelihood_temperature"]))
             for c in range(n_clips)
@@ -89,19 +94,17 @@ def run_tts(model, batch: dict, builder: BatchBuilder, tts: dict) -> TTSOutput:
         q = torch.stack([weighted(q_all[c], weights[c]) for c in range(n_clips)])
         forwards = forwards + n  # one scoring pass per trajectory
     texts = [out.texts[c * n] for c in range(n_clips)]
-    return TTSOutput(q, texts, lengths.sum(1), forwards)
+    return TTSOutput(q, texts, lengths.sum(1), forwards, out.answered, out.truncated)
 
 
-def trajectory_logps(model, batch: dict, builder: BatchBuilder, out, n: int, max_new_tokens: int):
-    """Summed token log-likelihood (clips, n) of each trajectory under the model, and its scored length."""
-    from ambig.strategies.base import teacher_forced_logits  # strategies import this module
-    from ambig.strategies.grpo import token_logps
-
-    seqs = completion_batch(builder, expand(batch, n), completions(out, builder, max_new_tokens))
-    mask = seqs["completion_mask"][:, 1:].float()
-    per_token = token_logps(teacher_forced_logits(model, seqs), seqs["input_ids"]) * mask
+def trajectory_logps(model, batch: dict, builder: BatchBuilder, out, n: int):
+    """Summed token log-likelihood (clips, n) of each trajectory under the model (its own distribution, not
+    the sampling temperature's: the weight is a quality score), and its scored length."""
+    seqs = completion_batch(builder, expand(batch, n), completions(out, builder))
+    per_token, mask = completion_logps(model, seqs)
     n_clips = len(batch["ids"])
-    return per_token.sum(-1).view(n_clips, n).cpu(), mask.sum(-1).clamp(min=1).view(n_clips, n).cpu()
+    total = masked_sum(per_token, mask)
+    return total.view(n_clips, n).cpu(), mask.sum(-1).clamp(min=1).float().view(n_clips, n).cpu()
 
 
 def yes_no_ids(builder: BatchBuilder) -> tuple[int, int]:

@@ -9,7 +9,7 @@ import torch
 from ambig.model.audio_cache import AudioEncodingCache
 from ambig.model.audio_encoding import encode_audio, with_encoded_audio
 from ambig.model.load import load_model
-from ambig.strategies.base import teacher_forced_logits
+from ambig.scoring import full_logits
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,8 @@ def test_stored_encodings_equal_fresh_ones_and_the_tower_runs_once(model, builde
         for i, length in enumerate(fresh.lengths.tolist()):  # stored trimmed to each clip's audio tokens
             torch.testing.assert_close(enc.hidden[i, :length], fresh.hidden[i, :length], atol=1e-6, rtol=0)
     with torch.no_grad():
-        own = teacher_forced_logits(model, batch)
-        stored = teacher_forced_logits(model, with_encoded_audio(model, batch, cache))
+        own = full_logits(model, batch)
+        stored = full_logits(model, with_encoded_audio(model, batch, cache))
     torch.testing.assert_close(stored, own, atol=1e-5, rtol=0)
 
 
@@ -87,7 +87,7 @@ def test_grpo_with_the_store_takes_the_same_step_and_skips_the_tower_the_second_
             cfg = compose(
                 "train",
                 overrides=["strategy=grpo", "strategy.num_generations=2", "decoding.max_new_tokens=4",
-                           f"strategy.audio_cache={store}"],
+                           "decoding.refuse_short_budget=false", f"strategy.audio_cache={store}"],
             )  # fmt: skip
         strategy = build_strategy(cfg, model, builder)
         strategy.on_fit_start()

@@ -15,7 +15,7 @@ from ambig.model.audio_encoding import (
 from ambig.model.inputs import completion_batch
 from ambig.model.load import load_model
 from ambig.rollout import decode, expand, prefill, sample
-from ambig.strategies.base import teacher_forced_logits
+from ambig.scoring import full_logits
 
 SAVE = ["embed_tokens", "lm_head", "multi_modal_projector"]  # as conf/model/tiny.yaml
 
@@ -49,11 +49,11 @@ def test_encoded_audio_gives_the_models_own_logits(saved_lora, batch):
     encoded = with_encoded_audio(saved_lora, batch)
     assert "input_features" not in encoded and encoded["encoded_audio"].hidden.shape[0] == 4
     with torch.no_grad():
-        own = teacher_forced_logits(saved_lora, batch)
-        cached = teacher_forced_logits(saved_lora, encoded)
+        own = full_logits(saved_lora, batch)
+        cached = full_logits(saved_lora, encoded)
         with saved_lora.disable_adapter():
-            own_ref = teacher_forced_logits(saved_lora, batch)
-            cached_ref = teacher_forced_logits(saved_lora, encoded)
+            own_ref = full_logits(saved_lora, batch)
+            cached_ref = full_logits(saved_lora, encoded)
     torch.testing.assert_close(cached, own, atol=1e-5, rtol=0)
     torch.testing.assert_close(cached_ref, own_ref, atol=1e-5, rtol=0)
     assert (own - own_ref).abs().max() > 1e-3  # the adapter matters, so the reference check means something
@@ -68,8 +68,8 @@ def test_rows_point_at_their_clip(saved_lora, builder, batch):
     assert shared["clip_index"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     with torch.no_grad():
         torch.testing.assert_close(
-            teacher_forced_logits(saved_lora, shared),
-            teacher_forced_logits(saved_lora, own),
+            full_logits(saved_lora, shared),
+            full_logits(saved_lora, own),
             atol=1e-5,
             rtol=0,
         )
@@ -84,7 +84,7 @@ def test_gradients_reach_the_trainable_projector_as_without_the_cache(saved_lora
 
     def grads(b):
         saved_lora.zero_grad()
-        teacher_forced_logits(saved_lora, b).logsumexp(-1).mean().backward()
+        full_logits(saved_lora, b).logsumexp(-1).mean().backward()
         return [p.grad.clone() for _, p in projector]
 
     for g_cached, g_own in zip(grads(encoded), grads(batch), strict=True):

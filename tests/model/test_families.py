@@ -4,6 +4,7 @@ model and the Omni processor expect, the read-out's class tokens, generation, an
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -23,7 +24,8 @@ from ambig.model.load import ModelFamilyError, ModelNotAvailableError, load_mode
 from ambig.model.prompt import QWEN2_5_OMNI, QWEN2_AUDIO, chat_prompt
 from ambig.model.readout import class_token_ids
 from ambig.rollout import decode, sample
-from ambig.strategies.base import BaseStrategy, teacher_forced_logits
+from ambig.scoring import full_logits
+from ambig.strategies.base import BaseStrategy
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 RATE = 16000
@@ -218,7 +220,7 @@ def test_audio_expands_to_as_many_tokens_as_the_encoder_emits(tiny_omni_base, om
         np.testing.assert_array_equal(out["feature_attention_mask"][0], mask[0].numpy())
         np.testing.assert_allclose(out["input_features"][0], batch["input_features"][i].numpy(), atol=1e-6)
     with torch.no_grad():  # and the model's forward fills every audio slot (it would fail otherwise)
-        logits = teacher_forced_logits(model, omni_builder(chosen))
+        logits = full_logits(model, omni_builder(chosen))
     assert torch.isfinite(logits).all()
 
 
@@ -292,6 +294,9 @@ def test_decoding_positions_are_the_thinkers_own(tiny_omni_base, omni_builder, e
     generate = model.generate
 
     def recorded(**kwargs):
+        # decode's pinned config keeps no full logits; ask for them here to compare every step
+        kwargs["generation_config"] = copy.deepcopy(kwargs["generation_config"])
+        kwargs["generation_config"].output_logits = True
         calls.append((kwargs, generate(**kwargs)))
         return calls[-1][1]
 

@@ -5,18 +5,19 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ambig.data.synthetic import CLASSES
 from ambig.model.inputs import IGNORE, BatchBuilder, Example
 from ambig.rollout import read_after
-from ambig.strategies.base import AmbigModule, teacher_forced_logits
+from ambig.scoring import full_logits
 
 SAMPLE_RATE = 16000
 
 
 def _logits(model, batch):
     with torch.no_grad():
-        return teacher_forced_logits(model, batch)
+        return full_logits(model, batch)
 
 
 def _answer_q(model, batch, builder):
@@ -105,7 +106,9 @@ def test_audio_reaches_read_out_and_loss(tiny_lora, examples, make_sft):
     logits = _logits(model, batch)
     q = torch.softmax(logits[torch.arange(2), batch["answer_index"]][:, builder.class_ids], -1)
     assert (q[0] - q[1]).abs().max() > 1e-6
-    ce = [float(AmbigModule.token_ce(logits[i : i + 1], batch["labels"][i : i + 1])) for i in range(2)]
+    ce = [
+        float(F.cross_entropy(logits[i, :-1], batch["labels"][i, 1:], ignore_index=IGNORE)) for i in range(2)
+    ]
     assert abs(ce[0] - ce[1]) > 1e-6
 
     sft = make_sft(model, builder, lr=1e-4)

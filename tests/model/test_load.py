@@ -9,12 +9,12 @@ from omegaconf import OmegaConf
 
 from ambig.model.load import ModelNotAvailableError, apply_lora, load_model, resolve_source
 from ambig.model.tiny import TinySpec, build_tiny
-from ambig.strategies.base import teacher_forced_logits
+from ambig.scoring import full_logits
 
 
 def _logits(model, batch):
     with torch.no_grad():
-        return teacher_forced_logits(model, batch)
+        return full_logits(model, batch)
 
 
 def test_checkpoint_matches_a_directly_built_model(tiny_base, tiny_cfg_factory, builder, examples):
