@@ -134,6 +134,7 @@ def bench_dpo(
 
     overrides = [
         "strategy=dpo",
+        "model.train_audio_tower=false",  # the frozen-tower path (model=tiny trains its tower by default)
         "strategy.audio_cache=none",  # the same batch every step: a run-long store would skip the tower
         f"strategy.num_rollouts={rollouts}",
         f"decoding.max_new_tokens={max_new_tokens}",
@@ -218,8 +219,10 @@ def tiny_setup(out: Path, batch_size: int, overrides: list[str]):
     from ambig.model.inputs import Example
     from ambig.model.load import load_model
 
+    # These sections measure the frozen-tower paths (encode_once, the audio cache); model=tiny trains its
+    # random tower by default, which sets both aside.
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+        cfg = compose("train", overrides=["model.train_audio_tower=false", *overrides])
     torch.manual_seed(cfg.seed)
     model, processor = load_model(cfg.model)
     rate = cfg.model.sample_rate
@@ -251,6 +254,7 @@ def bench_strategies(out: Path, batch_size: int = 4, steps: int = 3, max_new_tok
                 # the same batch every step: per-step work, not a run-long store of the clips' encodings
                 overrides=[
                     f"strategy={name}",
+                    "model.train_audio_tower=false",
                     "++strategy.audio_cache=none",
                     f"decoding.max_new_tokens={max_new_tokens}",
                 ],
@@ -283,24 +287,73 @@ def bench_strategies(out: Path, batch_size: int = 4, steps: int = 3, max_new_tok
     return {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "steps": steps, "strategies": results}
 
 
+class HeadMeter:
+    """Per training step: the elements of the output head's results in scoring passes (more than one position
+    per row), and what the same passes would produce with logits at every position (rows x length x vocab)."""
+
+    def __init__(self, model):
+        import ambig.scoring
+
+        self.scoring = ambig.scoring
+        self.inner = self.scoring.hidden_states
+        self.head = self.scoring.transformers_model(model).lm_head
+        self.vocab = (
+            self.head.out_features if hasattr(self.head, "out_features") else self.head.weight.shape[0]
+        )
+        self.kept = self.full = 0
+
+    def __enter__(self):
+        def counted(*args, **kwargs):
+            hidden = self.inner(*args, **kwargs)
+            if hidden.shape[1] > 1:
+                self.full += hidden.shape[0] * hidden.shape[1] * self.vocab
+            return hidden
+
+        self.scoring.hidden_states = counted
+        self.handle = self.head.register_forward_hook(self._hook)
+        return self
+
+    def _hook(self, module, args, output):
+        if output.dim() == 3 and output.shape[1] > 1:
+            self.kept += output.numel()
+
+    def __exit__(self, *exc):
+        self.scoring.hidden_states = self.inner
+        self.handle.remove()
+
+    def clear(self):
+        self.kept = self.full = 0
+
+
 def bench_grpo(
     out: Path,
     batch_size: int = 4,
     group_sizes: tuple[int, ...] = (2, 4, 8),
     steps: int = 6,
     max_new_tokens: int = 48,
+    window: int = 4,
 ) -> dict:
-
+    """`window`: the audio window in seconds (4: the tiny model's; 30: Qwen2-Audio-7B's, 750 audio tokens per
+    clip, the geometry where encoding the audio once and caching it matter)."""
+    from ambig.model.inputs import audio_token_id
     from ambig.train import build_strategy
 
     cfg, model, builder, batch = tiny_setup(
-        out, batch_size, ["strategy=grpo", f"decoding.max_new_tokens={max_new_tokens}"]
+        out,
+        batch_size,
+        ["strategy=grpo", f"decoding.max_new_tokens={max_new_tokens}", f"model.tiny.chunk_length={window}"],
     )
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     tower_rows: list[int] = []
     tower = (model.get_base_model() if hasattr(model, "get_base_model") else model).model.audio_tower
     hook = tower.register_forward_hook(lambda mod, args, output: tower_rows.append(args[0].shape[0]))
+    meter = HeadMeter(model)
     results = {}
+
+    def before_step():
+        tower_rows.clear()
+        meter.clear()
+
     try:
         for g in group_sizes:
             # once: tower once per clip per step; per_rollout: once per rollout row and pass; cached: the
@@ -317,9 +370,13 @@ def bench_grpo(
                 cfg.strategy.audio_cache = cache
                 strategy = build_strategy(cfg, model, builder)
                 strategy.on_fit_start()  # train mode, and the reference snapshot
-                ms, _ = timed_steps(strategy, batch, steps, cfg.seed, before_step=tower_rows.clear)
+                with meter:
+                    ms, _ = timed_steps(strategy, batch, steps, cfg.seed, before_step=before_step)
                 results.setdefault(f"G{g}", {})[f"{label}_ms"] = ms
                 results[f"G{g}"][f"{label}_tower_rows"] = sum(tower_rows)
+                if label == "once":  # the last step's scoring passes, float32 logits (4 bytes each)
+                    results[f"G{g}"]["head_mib"] = 4 * meter.kept / 2**20
+                    results[f"G{g}"]["full_logits_mib"] = 4 * meter.full / 2**20
     finally:
         hook.remove()
         model.load_state_dict(start_state)
@@ -329,7 +386,15 @@ def bench_grpo(
     first = f"G{group_sizes[0]}"
     for g in group_sizes:
         results[f"G{g}"]["growth_vs_first"] = results[f"G{g}"]["once_ms"] / results[first]["once_ms"]
-    return {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "steps": steps, "groups": results}
+    return {
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "steps": steps,
+        "window_s": window,
+        # the tower always runs over the whole window; the prompt holds as many audio tokens as the clip lasts
+        "audio_tokens_per_clip": float(batch["prompt_ids"].eq(audio_token_id(builder)).sum(1).float().mean()),
+        "groups": results,
+    }
 
 
 def main() -> None:
@@ -337,7 +402,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--fold", type=int, default=1)
-    parser.add_argument("--only", choices=["features", "train", "dpo", "grpo", "strategies"], default=None)
+    parser.add_argument(
+        "--only", choices=["features", "train", "dpo", "grpo", "grpo30", "strategies"], default=None
+    )
     args = parser.parse_args()
     out = Path("runs/bench") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=False)
@@ -361,6 +428,10 @@ def main() -> None:
     if args.only in (None, "grpo"):
         results["grpo"] = bench_grpo(out)
         print_grpo(results["grpo"])
+    if args.only in (None, "grpo30"):
+        results["grpo_30s"] = bench_grpo(out, group_sizes=(8,), steps=3, window=30)
+        print_grpo(results["grpo_30s"])
+        print_7b_scoring()
     (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"written: {out / 'bench.json'}")
 
@@ -397,7 +468,9 @@ def print_strategies(d: dict) -> None:
 
 def print_grpo(d: dict) -> None:
     print(
-        f"GRPO step (tiny, batch {d['batch_size']}, <= {d['max_new_tokens']} tokens per rollout), "
+        f"GRPO step (tiny, batch {d['batch_size']}, <= {d['max_new_tokens']} tokens per rollout, "
+        f"the audio tower over a {d['window_s']} s window, {d['audio_tokens_per_clip']:.0f} audio tokens per "
+        "clip in the prompt), "
         "audio encoded once per clip + prompt once per group vs once per rollout:"
     )
     for g, r in d["groups"].items():
@@ -406,12 +479,29 @@ def print_grpo(d: dict) -> None:
             f"{r['per_rollout_ms']:.0f} ms ({r['per_rollout_tower_rows']} rows), ratio {r['ratio']:.2f}; "
             f"step time x{r['growth_vs_first']:.2f} of the smallest G"
         )
+    print("  scoring memory per step (output-head results of the policy and reference passes, float32):")
+    for g, r in d["groups"].items():
+        print(
+            f"  {g}: {r['head_mib']:.1f} MiB on the completion positions; logits at every position would be "
+            f"{r['full_logits_mib']:.1f} MiB (x{r['full_logits_mib'] / max(r['head_mib'], 1e-9):.1f})"
+        )
     print("  run-long audio cache (audio_cache=memory, the clips seen before) vs encoding once per step:")
     for g, r in d["groups"].items():
         print(
             f"  {g}: cached {r['cached_ms']:.0f} ms ({r['cached_tower_rows']} audio-tower rows), "
             f"uncached {r['once_ms']:.0f} ms, ratio {r['cache_ratio']:.2f}"
         )
+
+
+def print_7b_scoring(rows: int = 72, prompt: int = 330, completion: int = 217, vocab: int = 156_032) -> None:
+    """What the same slicing means for Qwen2-Audio-7B: one scoring pass over G = 8 x batch 8 + gold rows."""
+    full = rows * (prompt + completion) * vocab * 2 / 2**30
+    kept = rows * completion * vocab * 2 / 2**30
+    print(
+        f"  Qwen2-Audio-7B geometry ({rows} rows, ~{prompt} prompt + {completion} completion positions, "
+        f"vocab {vocab:,}): bf16 logits per scoring pass {full:.1f} GiB at every position, {kept:.1f} GiB "
+        "on the completion positions (arithmetic, not measured); float32 log-softmax in chunks of <= 256 MB"
+    )
 
 
 def print_train(t: dict) -> None:

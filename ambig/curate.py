@@ -22,14 +22,18 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ambig.budget import auto_budget, summarise
 from ambig.cli import user_errors
 from ambig.config import require_settings
 from ambig.curation.openai_curator import OpenAICurator
-from ambig.curation.store import CotStore, Summary
+from ambig.curation.store import CotStore, Summary, load_cots
 from ambig.curation.template_curator import TemplateCurator
 from ambig.data.audio import load_audio
 from ambig.data.folds import make_split
 from ambig.data.records import Record
+from ambig.model import prompt
+from ambig.model.family import model_family
+from ambig.model.load import check_hub_source, resolve_source
 
 log = logging.getLogger("ambig.curate")
 
@@ -90,7 +94,34 @@ def run(cfg: DictConfig) -> Summary:
     loader = partial(load_audio, target_sr=int(cfg.curator.sample_rate), max_seconds=None)
     summary = curator.curate_many(records, loader, corpus.classes, store, progress=bool(cfg.progress))
     print(summary.format())
+    print(target_length_report(cfg, output))
     return summary
+
+
+def target_length_report(cfg: DictConfig, output: Path) -> str:
+    """The accepted trajectories' lengths as training targets in `cfg.model`'s tokens (CoT + answer line +
+    end token, what `decoding.max_new_tokens=auto` sizes the budget from), and the budget auto would give."""
+    cots = load_cots(output) if output.is_file() else {}
+    if not cots:
+        return f"target lengths: no accepted trajectory in {output}"
+    try:
+        source = resolve_source(cfg.model)
+        check_hub_source(source)
+        tokenizer = model_family(cfg.model).load_processor(source, cfg.model).tokenizer
+    except OSError as err:  # the model's tokenizer is neither built nor cached: say so, do not fail the run
+        log.warning("target lengths not measured: %s", err)
+        return f"target lengths: not measured (no tokenizer of model={cfg.model.name} here: pass model=...)"
+    counts = [
+        len(tokenizer(prompt.target_before_answer(cot), add_special_tokens=False).input_ids) + 2
+        for cot in cots.values()
+    ]
+    lengths = summarise(counts)
+    return (
+        f"target lengths in model={cfg.model.name}'s tokens (CoT + answer line + end token, the "
+        f"{lengths.n} accepted trajectories in {output}): median {lengths.median:g}, p95 {lengths.p95:g}, "
+        f"max {lengths.max}; decoding.max_new_tokens=auto gives "
+        f"{auto_budget(lengths, float(cfg.budget_margin))}"
+    )
 
 
 @hydra.main(config_path="../conf", config_name="curate", version_base="1.3")

@@ -93,6 +93,13 @@ def js_divergence(p: Tensor, q: Tensor) -> Tensor:
     return js.clamp(0.0, 1.0)
 
 
+def prior_js(train_p: Tensor, test_p: Tensor) -> float:
+    """Mean JS of predicting the training set's mean distribution for every test clip: the score of a model
+    that hears nothing, the baseline a trained model's test JS is read against."""
+    prior = train_p.mean(0, keepdim=True).expand_as(test_p)
+    return float(js_divergence(test_p, prior).mean())
+
+
 def bhattacharyya_coefficient(p: Tensor, q: Tensor) -> Tensor:
     """Bhattacharyya coefficient ``sum_k sqrt(p_k q_k)`` per row."""
     return torch.sqrt(p * q).sum(-1)

@@ -97,9 +97,11 @@ class ClassLogits:
         self.handle.remove()
 
     def stacked(self, n_steps: int) -> torch.Tensor:
-        if len(self.steps) != n_steps:
+        """(B, T, K) for the T generated tokens. Under sharded weights (FSDP) `generate` keeps stepping, with
+        no token appended, until every process has finished (synced GPUs): those last calls are dropped."""
+        if len(self.steps) < n_steps:
             raise RuntimeError(f"generate ran the output head {len(self.steps)} times for {n_steps} tokens")
-        return torch.stack(self.steps, dim=1)  # (B, T, K)
+        return torch.stack(self.steps[:n_steps], dim=1)
 
 
 @torch.no_grad()

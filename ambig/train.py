@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -37,6 +38,7 @@ from ambig.data.folds import FoldSplit, make_split
 from ambig.data.mapping import restrict_votes, shared_classes
 from ambig.data.skips import report_skips
 from ambig.loggers import build_logger, finish_logger
+from ambig.metrics import prior_js
 from ambig.model.family import model_family
 from ambig.model.inputs import BatchBuilder
 from ambig.model.load import load_model
@@ -333,6 +335,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         # the share of test trajectories that wrote "Answer:" (the rest were read by the fallback) and the
         # share it cut (no end-of-turn token within the budget). None without trajectories (cot=none, direct).
         "max_new_tokens": int(cfg.tts.max_new_tokens if cfg.get("tts") else cfg.decoding.max_new_tokens),
+        # JS of predicting the training split's mean label for every test clip (None across corpora)
+        "prior_js": label_prior_js(split, corpus.classes, test_classes),
         "target_tokens": lengths.as_dict() if lengths is not None else None,
         **trajectory_shares(strategy.trajectories),
     }
@@ -357,6 +361,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     print(format_table(metrics))
     print(f"results: {run_dir / 'metrics.json'}")
     return metrics
+
+
+def label_prior_js(split: FoldSplit, classes, test_classes) -> float | None:
+    if tuple(classes) != tuple(test_classes) or not split.train or not split.test:
+        return None
+    soft = [
+        torch.tensor([r.soft_label for r in records], dtype=torch.float64)
+        for records in (split.train, split.test)
+    ]
+    return prior_js(*soft)
 
 
 def trajectory_shares(counts: dict[str, float]) -> dict:

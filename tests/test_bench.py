@@ -17,6 +17,9 @@ def test_grpo_bench_reports_both_paths_and_the_audio_tower_rows(isolated):
         assert r["cached_tower_rows"] == 0  # the warm-up step stored both clips' encodings
         assert r["cache_ratio"] == r["once_ms"] / r["cached_ms"]
     assert out["groups"]["G2"]["growth_vs_first"] == 1.0
+    assert out["window_s"] == 4 and 0 < out["audio_tokens_per_clip"] <= 100  # 4 s at most: 100 tokens
+    for r in out["groups"].values():  # the head ran on the completion positions only
+        assert 0 < r["head_mib"] < r["full_logits_mib"] / 5
 
 
 def test_dpo_bench_runs_both_feature_paths(isolated):

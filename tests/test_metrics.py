@@ -194,3 +194,11 @@ def test_validation_accepts_within_atol_and_checks_num_classes():
         M.validate_distributions(torch.tensor([0.5, 0.5]))
     with pytest.raises(ValueError, match="expected 3 classes"):
         M.DistributionMetrics(num_classes=3).update(torch.tensor([[0.5, 0.5]]), torch.tensor([[0.5, 0.5]]))
+
+
+def test_prior_js_is_the_mean_js_of_the_training_mean_against_scipy():
+    rng = np.random.default_rng(0)
+    train, test = rng.dirichlet(np.ones(4), size=30), rng.dirichlet(np.ones(4), size=12)
+    mean = train.mean(0)
+    expected = np.mean([jensenshannon(p, mean, base=2) ** 2 for p in test])
+    assert M.prior_js(torch.tensor(train), torch.tensor(test)) == pytest.approx(expected, abs=1e-9)

@@ -32,6 +32,8 @@ class ModelFamily:
     load_processor: Callable
     build_tiny: Callable  # (out_dir, TinySpec) -> the directory of a random-init checkpoint of the family
     tiny_prefix: str  # directory name prefix of its tiny checkpoints in the model cache
+    # model.train_audio_tower: the modules that train fully (the tower and what maps it into the text model)
+    audio_modules: tuple[str, ...] = ("audio_tower",)
 
     def transformers_class(self):
         import transformers
@@ -75,6 +77,7 @@ FAMILIES = {
             checkpoint_types=("qwen2_audio",),
             template=QWEN2_AUDIO,
             towers=("audio_tower",),
+            audio_modules=("audio_tower", "multi_modal_projector"),
             load_processor=_qwen2_audio_processor,
             build_tiny=_build_tiny_qwen2_audio,
             tiny_prefix="tiny",

@@ -99,29 +99,72 @@ def load_model(model_cfg):
     if model_cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
     if model_cfg.get("lora"):
-        model = apply_lora(model, model_cfg.lora, towers=family.towers)
+        model = apply_lora(
+            model,
+            model_cfg.lora,
+            towers=family.towers,
+            train_audio_tower=bool(model_cfg.get("train_audio_tower", False)),
+            audio_modules=family.audio_modules,
+        )
+    elif model_cfg.get("train_audio_tower"):
+        raise ValueError(
+            "model.train_audio_tower=true trains the tower beside a LoRA adapter: set model.lora"
+        )
     return model, processor
 
 
-def apply_lora(model, lora_cfg, towers: tuple[str, ...] = ("audio_tower",)):
+def apply_lora(
+    model,
+    lora_cfg,
+    towers: tuple[str, ...] = ("audio_tower",),
+    *,
+    train_audio_tower: bool = False,
+    audio_modules: tuple[str, ...] = ("audio_tower",),
+):
     """LoRA on the language model's projections only; the encoder towers (audio, and Qwen2.5-Omni's vision
-    tower: same module names) stay frozen."""
+    tower: same module names) stay frozen, unless `train_audio_tower`: then the audio tower and what maps it
+    into the language model (`audio_modules`, e.g. Qwen2-Audio's projector) train fully beside the adapter,
+    as peft `modules_to_save` (so switching the adapter off also switches back to the original tower).
+
+    A tower made trainable any other way is refused, naming what did it: the target regex (LoRA layers in
+    the tower) or a `modules_to_save` entry.
+    """
     from peft import LoraConfig, get_peft_model
 
+    saved = list(lora_cfg.get("modules_to_save") or [])
+    if train_audio_tower:
+        saved += [m for m in audio_modules if m not in saved]
     config = LoraConfig(
         r=lora_cfg.r,
         lora_alpha=lora_cfg.alpha,
         lora_dropout=lora_cfg.dropout,
         target_modules=lora_cfg.target_modules,
-        modules_to_save=list(lora_cfg.get("modules_to_save") or []) or None,
+        modules_to_save=saved or None,
         bias="none",
     )
     model = get_peft_model(model, config)
     for name in towers:
         tower = [n for n, p in model.named_parameters() if p.requires_grad and f".{name}." in n]
-        if tower:
-            label = "the audio tower" if name == "audio_tower" else f"the {name} tower"
-            raise ValueError(f"LoRA target regex {lora_cfg.target_modules!r} matched {label}: {tower[:3]}")
+        if not tower or (train_audio_tower and name == "audio_tower"):
+            continue
+        label = "the audio tower" if name == "audio_tower" else f"the {name} tower"
+        hint = " (model.train_audio_tower=true trains it on purpose)" if name == "audio_tower" else ""
+        by_regex = [n for n in tower if "lora_" in n]
+        if by_regex:
+            raise ValueError(
+                f"LoRA target regex {lora_cfg.target_modules!r} matched {label}: {by_regex[:3]}; narrow it "
+                f"to the language model{hint}"
+            )
+        entries = [m for m in saved if m == name or m.endswith(f".{name}") or name.endswith(m)]
+        raise ValueError(
+            f"lora.modules_to_save entry {entries[0] if entries else saved!r} makes {label} trainable: "
+            f"{tower[:3]}; remove it{hint}"
+        )
+    if train_audio_tower:
+        log.info(
+            "model.train_audio_tower: the audio tower (%s) trains beside the adapter",
+            ", ".join(audio_modules),
+        )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable == 0:
         raise ValueError(f"LoRA target regex {lora_cfg.target_modules!r} matched no module of the model")

@@ -134,6 +134,12 @@ class AmbigModule(pl.LightningModule):
         # from_pretrained returns the model in eval mode and Lightning keeps each module's mode, so without
         # this LoRA dropout would never be active in training.
         self.model.train()
+        if self.encode_once and not audio_tower_frozen(self.model):
+            log.info(
+                "the audio tower trains (model.train_audio_tower): encode_once and audio_cache=%s step "
+                "aside, every pass runs the tower on its rows",
+                self.audio_cache,
+            )
         strategy = self.parallel_strategy()
         if self.reference is not None and self.reference.mode == "init" and zero3(strategy):
             raise ValueError(
@@ -173,7 +179,8 @@ class AmbigModule(pl.LightningModule):
     def shared_audio(self, batch: dict) -> dict:
         """The batch a rollout step works on. With `encode_once` and a frozen audio tower, its features are
         replaced by their encoding (ambig.model.audio_encoding): the tower then runs once per clip for the
-        whole step (sampling, policy, old policy and reference passes) instead of once per row and pass."""
+        whole step (sampling, policy, old policy and reference passes) instead of once per row and pass. A
+        trainable tower (model.train_audio_tower) keeps the features: its output changes with every step."""
         if self.encode_once and audio_tower_frozen(self.model) and "input_features" in batch:
             return with_encoded_audio(self.model, batch, self.audio_store())
         return batch

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +58,12 @@ def test_template_curator_writes_and_resumes(dirs, tmp_path):
     assert all(e["prompt_version"] == "template-v1" and e["usage"]["prompt_tokens"] == 0 for e in entries)
     assert "accepted 20" in first.stdout and str(out) in first.stdout
     assert len(load_cots(out)) == 20
+    # The lengths it wrote, as training targets in the model's tokens, and the budget auto would give.
+    report = next(line for line in first.stdout.splitlines() if line.startswith("target lengths"))
+    pattern = r"the 20 accepted trajectories .*median [\d.]+, p95 [\d.]+, max (\d+); .*auto gives (\d+)"
+    match = re.search(pattern, report)
+    assert "model=tiny's tokens" in report and match, report
+    assert int(match[2]) == math.ceil(1.25 * int(match[1]))
     again = cli(*args, cache=dirs, curation=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(lines(out)) == 20 and "20 already done" in again.stdout
