@@ -144,6 +144,7 @@ def build_strategy(cfg: DictConfig, model, builder: BatchBuilder, test_builder: 
     }
     optim = {
         **OmegaConf.to_container(cfg.optim, resolve=True),
+        "audio_tower_lr_scale": float(cfg.model.get("audio_tower_lr_scale", 1.0)),
         **OmegaConf.to_container(cfg.strategy.optim, resolve=True),
     }
     try:

@@ -308,7 +308,12 @@ class AmbigModule(pl.LightningModule):
 
     # ---- optimiser --------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        # A trainable audio tower (model.train_audio_tower) learns at lr x optim.audio_tower_lr_scale.
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        tower = [p for n, p in trainable if ".audio_tower." in n]
+        rest = [p for n, p in trainable if ".audio_tower." not in n]
+        scale = float(self.optim.get("audio_tower_lr_scale", 1.0))
+        params = [{"params": rest}] + ([{"params": tower, "lr": self.optim["lr"] * scale}] if tower else [])
         opt = torch.optim.AdamW(
             params,
             lr=self.optim["lr"],

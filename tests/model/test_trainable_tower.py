@@ -111,3 +111,21 @@ def test_a_tower_made_trainable_by_accident_names_the_cause(tiny_cfg_factory, lo
 def test_a_tower_without_lora_is_refused(tiny_cfg_factory):
     with pytest.raises(ValueError, match="train_audio_tower=true trains the tower beside a LoRA adapter"):
         load_model(tiny_cfg_factory(lora=False, train_audio_tower=True))
+
+
+def test_the_tower_learns_at_its_own_learning_rate_scale(tiny_cfg_factory, builder):
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model, _ = load_model(tower_cfg(tiny_cfg_factory))
+    strategy = SFTStrategy(
+        model, builder, optim={**ADAMW, "audio_tower_lr_scale": 0.03}, decoding={"max_new_tokens": 4},
+        loss=AMBIGUITY_LOSS, name="sft",
+    )  # fmt: skip
+    strategy._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    opt = strategy.configure_optimizers()["optimizer"]
+    rest, tower = opt.param_groups
+    tower_ids = {id(p) for n, p in model.named_parameters() if p.requires_grad and ".audio_tower." in n}
+    assert {id(p) for p in tower["params"]} == tower_ids and tower_ids
+    assert not tower_ids & {id(p) for p in rest["params"]}
+    assert tower["initial_lr"] == pytest.approx(0.03 * rest["initial_lr"])
