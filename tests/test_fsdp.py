@@ -24,6 +24,7 @@ from ambig.distributed import FSDPWithCPU, clean_name, deepspeed, fsdp, layer_cl
 # plain GRPO's advantages would be 0 (nothing to learn); the curated member gives each group a signal.
 GRPO = [
     "strategy=grpoz",
+    "model.learning_rates.grpo=1e-3",  # a step large enough that pi visibly leaves pi_ref after one step
     "strategy.num_generations=2",
     "trainer.limit_train_batches=2",
     "trainer.log_every_n_steps=1",

@@ -415,3 +415,22 @@ def test_without_dropout_the_first_reused_step_has_ratio_one_and_no_kl(tiny_cfg_
         assert float(parts["kl"]) == pytest.approx(0.0, abs=1e-7)
     else:
         assert abs(float(parts["ratio_mean"]) - 1.0) > 1e-5 or float(parts["kl"]) > 1e-6
+
+
+@pytest.mark.parametrize("counted", [True, False])
+def test_the_gold_answer_word_counts_only_when_asked(tiny_lora, builder, examples, counted):
+    model, _ = tiny_lora
+    strategy = make_grpo(model, builder, include_gold=True, gold_answer_word=counted)
+    batch = builder(examples[:2])
+    torch.manual_seed(1)
+    groups = strategy.build_groups(batch, strategy.sample_rollouts(batch))
+    ids = groups.seqs["input_ids"][:, -groups.mask.shape[1] :]  # the tokens the mask columns score
+    for u, rec in enumerate(e.record for e in examples[:2]):
+        gold = u * groups.group_size + groups.group_size - 1
+        _, answer = builder.target_pieces(rec)
+        assert int(ids[gold, -2]) == answer and int(ids[gold, -1]) == builder.end_id
+        assert bool(groups.mask[gold, -2]) == counted  # the answer word
+        assert groups.mask[gold, -1] == 1 and groups.mask[gold, :-2].sum() > 50  # end token and CoT count
+        # Sampled rollouts keep all their tokens.
+        sampled = groups.seqs["completion_mask"][u * groups.group_size, -groups.mask.shape[1] :]
+        assert torch.equal(groups.mask[u * groups.group_size], sampled)

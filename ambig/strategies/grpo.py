@@ -70,6 +70,7 @@ class GRPOStrategy(AmbigModule):
         reference: str,
         unanswered_reward: float = 0.0,
         disable_dropout: bool = True,
+        gold_answer_word: bool = True,
         **kwargs,
     ):
         super().__init__(model, builder, **kwargs)
@@ -83,6 +84,8 @@ class GRPOStrategy(AmbigModule):
                 "more than a perfect answer's distribution reward (1)"
             )
         self.unanswered_reward = float(unanswered_reward)
+        # GRPOz: whether the gold member's answer word counts in the token loss (its CoT always does)
+        self.gold_answer_word = bool(gold_answer_word)
         if loss_type not in GRPO_LOSS_TYPES:
             raise ValueError(f"strategy.loss_type={loss_type!r}: choose one of {', '.join(GRPO_LOSS_TYPES)}")
         if scale_rewards not in ADVANTAGE_SCALES:
@@ -169,10 +172,15 @@ class GRPOStrategy(AmbigModule):
         }
         if self.include_gold:
             stats["gold_advantage"] = advantages.view(n_utt, self.group_size)[:, -1].mean()
+        mask = seqs["completion_mask"][:, scored_start(seqs["completion_mask"]) + 1 :].clone()
+        if self.include_gold and not self.gold_answer_word:
+            # The gold completion ends (answer word, end token) at the right edge: leave the word out, as SFT
+            # leaves it out of CE when the KL term supervises that position.
+            mask[self.group_size - 1 :: self.group_size, -2] = 0
         return Rollouts(
             ids=list(batch["ids"]),
             seqs=seqs,
-            mask=seqs["completion_mask"][:, scored_start(seqs["completion_mask"]) + 1 :],
+            mask=mask,
             rewards=rewards,
             advantages=advantages,
             group_size=self.group_size,
