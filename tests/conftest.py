@@ -71,6 +71,46 @@ def tiny_cfg_factory(tiny_model_dir):
     return make
 
 
+# conf/model/mini.yaml, resolved: SmolLM2-135M-Instruct + Whisper tiny.en in the Qwen2-Audio layout.
+MINI_MODEL_CFG = {
+    "name": "mini",
+    "family": "smollm2_audio",
+    "hub_id": None,
+    "path": None,
+    "cache_dir": None,
+    "dtype": "float32",
+    "sample_rate": SAMPLE_RATE,
+    "max_audio_seconds": 4,
+    "gradient_checkpointing": False,
+    "train_audio_tower": False,
+    "tiny": None,
+    "mini": {"seed": 0, "chunk_length": 4},
+    "lora": {**TINY_MODEL_CFG["lora"], "modules_to_save": ["multi_modal_projector"]},
+}
+
+
+@pytest.fixture(scope="session")
+def mini_cfg_factory(tiny_model_dir):
+    """`make(lora=True, **overrides)` -> a model=mini config (its checkpoint built once per session)."""
+
+    def make(lora: bool = True, **overrides):
+        cfg = copy.deepcopy(MINI_MODEL_CFG)
+        cfg["cache_dir"] = str(tiny_model_dir)
+        if not lora:
+            cfg["lora"] = None
+        cfg.update(overrides)
+        return OmegaConf.create(cfg)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def mini_base(mini_cfg_factory):
+    """(model, processor) of model=mini without LoRA, in eval mode. Shared: do not train it."""
+    model, processor = load_model(mini_cfg_factory(lora=False))
+    return model.eval(), processor
+
+
 @pytest.fixture(scope="session")
 def tiny_omni_cfg_factory(tiny_model_dir):
     """`make(lora=True, **overrides)` -> the tiny config as a Qwen2.5-Omni thinker (conf/model/tiny_omni.yaml,

@@ -63,12 +63,12 @@ def encode_audio(model, input_features: Tensor, feature_attention_mask: Tensor) 
     tower = _audio_model(model).audio_tower
     input_features = input_features.to(tower.device, tower.dtype)
     feature_attention_mask = feature_attention_mask.to(tower.device)
-    family = family_of(model).name
-    if family == "qwen2_audio":
+    family = family_of(model)
+    if family.architecture == "qwen2_audio":
         return _encode_qwen2_audio(tower, input_features, feature_attention_mask)
-    if family == "qwen2_5_omni_thinker":
+    if family.architecture == "qwen2_5_omni":
         return _encode_omni(_audio_model(model), input_features, feature_attention_mask)
-    raise ValueError(f"encode_audio has no implementation for model family {family!r}")
+    raise ValueError(f"encode_audio has no implementation for model family {family.name!r}")
 
 
 def _encode_qwen2_audio(tower, input_features: Tensor, feature_attention_mask: Tensor) -> EncodedAudio:
@@ -98,7 +98,7 @@ def _to_text_width(model, hidden: Tensor) -> Tensor:
     """The encoded audio as language-model inputs: Qwen2-Audio's projector, or (Qwen2.5-Omni, whose tower
     ends in its own projection) the encoding as it is."""
     inner = _audio_model(model)
-    if family_of(model).name == "qwen2_audio":
+    if family_of(model).architecture == "qwen2_audio":
         return inner.multi_modal_projector(hidden)
     return hidden
 

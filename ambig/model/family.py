@@ -8,6 +8,8 @@ batch tensors, the read-out, the strategies) is shared: both families take `inpu
 
 - `qwen2_audio`: Qwen2-Audio-7B-Instruct and its fine-tunes (Audio-Reasoner); the default.
 - `qwen2_5_omni_thinker`: the thinker (text output) of Qwen2.5-Omni; the talker (speech output) is not loaded.
+- `smollm2_audio`: `model=mini`, Qwen2-Audio's architecture around SmolLM2-135M-Instruct (a Llama) and Whisper
+  tiny.en's encoder (ambig.model.mini); a Qwen2-Audio checkpoint told apart by its text model's type.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ambig.model.prompt import QWEN2_5_OMNI, QWEN2_AUDIO, ChatTemplate
+from ambig.model.prompt import QWEN2_5_OMNI, QWEN2_AUDIO, SMOLLM2_AUDIO, ChatTemplate
 
 DEFAULT_FAMILY = "qwen2_audio"
 
@@ -30,10 +32,17 @@ class ModelFamily:
     towers: tuple[str, ...]  # encoder modules (by name) that stay frozen: LoRA may not reach them
     # (source, model_cfg) -> a processor with .tokenizer, .feature_extractor and .audio_token
     load_processor: Callable
-    build_tiny: Callable  # (out_dir, TinySpec) -> the directory of a random-init checkpoint of the family
-    tiny_prefix: str  # directory name prefix of its tiny checkpoints in the model cache
+    build_tiny: Callable  # (out_dir, spec) -> the directory of a checkpoint the family builds locally
+    tiny_prefix: str  # directory name prefix of those checkpoints in the model cache
     # model.train_audio_tower: the modules that train fully (the tower and what maps it into the text model)
     audio_modules: tuple[str, ...] = ("audio_tower",)
+    # How the audio reaches the language model (ambig.model.audio_encoding): "qwen2_audio" (Whisper tower,
+    # then a projector) or "qwen2_5_omni" (a tower that ends in its own projection).
+    architecture: str = "qwen2_audio"
+    # `text_config.model_type` of its checkpoints, where two families share one model class
+    text_model_type: str | None = None
+    spec_key: str = "tiny"  # the model config's block that sizes the locally built checkpoint
+    make_spec: Callable = None  # (that block as a dict) -> the spec build_tiny takes
 
     def transformers_class(self):
         import transformers
@@ -67,6 +76,24 @@ def _build_tiny_omni(out_dir, spec):
     return build_tiny_omni(out_dir, spec)
 
 
+def _tiny_spec(block):
+    from ambig.model.tiny import TinySpec
+
+    return TinySpec(**block)
+
+
+def _build_mini(out_dir, spec):
+    from ambig.model.mini import build_mini
+
+    return build_mini(out_dir, spec)
+
+
+def _mini_spec(block):
+    from ambig.model.mini import MiniSpec
+
+    return MiniSpec(**block)
+
+
 FAMILIES = {
     f.name: f
     for f in (
@@ -81,6 +108,23 @@ FAMILIES = {
             load_processor=_qwen2_audio_processor,
             build_tiny=_build_tiny_qwen2_audio,
             tiny_prefix="tiny",
+            text_model_type="qwen2",
+            make_spec=_tiny_spec,
+        ),
+        ModelFamily(
+            name="smollm2_audio",
+            model_class="Qwen2AudioForConditionalGeneration",
+            model_type="qwen2_audio",
+            checkpoint_types=("qwen2_audio",),
+            template=SMOLLM2_AUDIO,
+            towers=("audio_tower",),
+            audio_modules=("audio_tower", "multi_modal_projector"),
+            load_processor=_qwen2_audio_processor,
+            build_tiny=_build_mini,
+            tiny_prefix="mini",
+            text_model_type="llama",
+            spec_key="mini",
+            make_spec=_mini_spec,
         ),
         ModelFamily(
             name="qwen2_5_omni_thinker",
@@ -94,6 +138,8 @@ FAMILIES = {
             load_processor=_omni_processor,
             build_tiny=_build_tiny_omni,
             tiny_prefix="tiny-omni",
+            architecture="qwen2_5_omni",
+            make_spec=_tiny_spec,
         ),
     )
 }
@@ -114,7 +160,9 @@ def family_of(model) -> ModelFamily:
     """The family of a loaded model (a PEFT wrapper or the transformers model itself)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     model_type = base.config.model_type
+    text_config = getattr(base.config, "text_config", None)
+    text_type = getattr(text_config, "model_type", None)
     for family in FAMILIES.values():
-        if family.model_type == model_type:
+        if family.model_type == model_type and family.text_model_type in (None, text_type):
             return family
     raise ValueError(f"a {type(base).__name__} (model_type {model_type!r}) belongs to no model family")

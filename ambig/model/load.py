@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 
 from ambig.model.family import ModelFamily, model_family
-from ambig.model.tiny import TinySpec
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ class ModelFamilyError(ValueError):
 
 
 def resolve_source(model_cfg) -> str:
-    """The directory or hub id to load: the tiny model is built (once, cached) into a directory."""
+    """The directory or hub id to load: the tiny and mini models are built (once, cached) into a directory."""
     if model_cfg.get("path"):
         path = Path(model_cfg.path).expanduser()
         if not (path / "config.json").exists():
@@ -34,9 +33,9 @@ def resolve_source(model_cfg) -> str:
                 f"(e.g. `huggingface-cli download {model_cfg.get('hub_id', '<hub id>')} --local-dir DIR`)"
             )
         return str(path)
-    if model_cfg.get("tiny"):
-        family = model_family(model_cfg)
-        spec = TinySpec(**model_cfg.tiny)
+    family = model_family(model_cfg)
+    if model_cfg.get(family.spec_key):
+        spec = family.make_spec(dict(model_cfg[family.spec_key]))
         return str(family.build_tiny(Path(model_cfg.cache_dir) / f"{family.tiny_prefix}-{spec.key()}", spec))
     return model_cfg.hub_id
 
@@ -70,12 +69,20 @@ def check_family(source: str, family: ModelFamily) -> None:
     """Refuse a checkpoint of another family before its weights are read into the wrong class."""
     from transformers import PretrainedConfig
 
-    model_type = PretrainedConfig.get_config_dict(source)[0].get("model_type")
+    config = PretrainedConfig.get_config_dict(source)[0]
+    model_type = config.get("model_type")
     if model_type not in family.checkpoint_types:
         raise ModelFamilyError(
             f"model.family={family.name} loads checkpoints of type {' or '.join(family.checkpoint_types)}, "
             f"but {source} is a {model_type!r} checkpoint: set model.family to its family or point "
             "model.path at a checkpoint of this one"
+        )
+    text_type = (config.get("text_config") or {}).get("model_type")
+    if family.text_model_type and text_type and text_type != family.text_model_type:
+        raise ModelFamilyError(
+            f"model.family={family.name} reads {model_type} checkpoints around a {family.text_model_type} "
+            f"language model, but {source}'s is a {text_type!r} one (its chat template differs): set "
+            "model.family to its family"
         )
 
 

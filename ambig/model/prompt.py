@@ -54,6 +54,13 @@ QWEN2_5_OMNI = ChatTemplate(
     ),
     audio_segment="<|audio_bos|><|AUDIO|><|audio_eos|>",
 )
+# model=mini (ambig.model.mini): SmolLM2-135M-Instruct's chat template (ChatML; this is the system prompt it
+# writes when none is given), with Qwen2-Audio's audio item, whose tokens model=mini adds to its tokenizer.
+SMOLLM2_AUDIO = ChatTemplate(
+    name="smollm2_audio",
+    system_prompt="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+    audio_segment=QWEN2_AUDIO.audio_segment,
+)
 # The Qwen2-Audio names, kept for the callers that predate the families.
 SYSTEM_PROMPT = QWEN2_AUDIO.system_prompt
 AUDIO_SEGMENT = QWEN2_AUDIO.audio_segment

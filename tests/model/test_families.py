@@ -63,6 +63,7 @@ def test_every_model_config_names_its_family():
     families = {name: compose_cfg("train", f"model={name}").model.family for name in names}
     assert families == {
         "audio_reasoner": "qwen2_audio",
+        "mini": "smollm2_audio",
         "qwen2_5_omni_7b": "qwen2_5_omni_thinker",
         "qwen2_audio_7b_instruct": "qwen2_audio",
         "tiny": "qwen2_audio",
@@ -85,7 +86,8 @@ def test_every_family_takes_the_batch_audio_under_the_same_names(name):
 
 
 def test_an_unknown_family_is_refused_by_name(tiny_omni_cfg_factory):
-    with pytest.raises(ValueError, match="model.family='qwen9'.*qwen2_audio, qwen2_5_omni_thinker"):
+    names = "qwen2_audio, smollm2_audio, qwen2_5_omni_thinker"
+    with pytest.raises(ValueError, match=f"model.family='qwen9'.*{names}"):
         load_model(tiny_omni_cfg_factory(family="qwen9"))
 
 
