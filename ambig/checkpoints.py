@@ -61,6 +61,20 @@ def load_init(strategy, init_from: str | Path) -> Path:
     return path
 
 
+def run_strategy(checkpoint: str | Path) -> str | None:
+    """The strategy of the finished run a checkpoint belongs to (its metrics.json, in the checkpoint's run
+    directory or the directory itself), or None when no such file says."""
+    path = Path(checkpoint)
+    for folder in (path, path.parent, path.parent.parent):
+        metrics = folder / "metrics.json"
+        if metrics.is_file():
+            try:
+                return json.loads(metrics.read_text()).get("strategy")
+            except (OSError, ValueError):
+                return None
+    return None
+
+
 RUN_PREFIX = "run:"
 # A run matches when these metrics.json fields equal the current run's.
 MATCH_KEYS = ("dataset", "fold", "model", "loss", "cot", "seed", "experiment_name")

@@ -26,6 +26,7 @@ from ambig.checkpoints import (
     ResumableModelCheckpoint,
     load_init,
     resolve_init_from,
+    run_strategy,
 )
 from ambig.cli import user_errors
 from ambig.config import ConfigError, require_settings
@@ -331,6 +332,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "best_checkpoint": best,
         "resumed_from": str(resumed_from) if resumed_from else None,
         "initialised_from": str(initialised_from) if initialised_from else None,
+        # the strategy that trained those weights (e.g. sft for `ambig.evaluate checkpoint=run:sft`)
+        "initialised_from_strategy": run_strategy(initialised_from) if initialised_from else None,
         "skipped_nonfinite_batches": strategy.skipped_nonfinite,
         # The budget the test trajectories had, the training targets it was sized from, and what it did:
         # the share of test trajectories that wrote "Answer:" (the rest were read by the fallback) and the

@@ -192,3 +192,57 @@ def test_local_submitit_launcher_runs_a_tiny_sweep(smoke_env):
     assert (sweep / ".submitit").is_dir()  # the jobs went through submitit, not the basic launcher
     folds = sorted(json.loads(p.read_text())["fold"] for p in sweep.glob("*/metrics.json"))
     assert folds == [1, 2]
+
+
+def test_mini_paper_runs_every_row_and_reports_the_papers_claims(smoke_env):
+    """python -m ambig.mini_paper scale=smoke: both sweeps (on the tiny model), then the report."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "ambig.mini_paper", "scale=smoke", "logger=none"],
+        cwd=ROOT,
+        env={**os.environ, **{k: str(v) for k, v in smoke_env.items()}},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "## The paper's claims" in proc.stdout
+    (record_file,) = (smoke_env["AMBIG_RUNS_DIR"] / "multirun").glob("*/report/*/mini_paper.json")
+    record = json.loads(record_file.read_text())
+    assert set(record["wall_seconds"]) == {"train", "tts", "total"} and record["machine"]["cpus"] >= 1
+    summary = json.loads((record_file.parent / "summary.json").read_text())
+    rows = {(c["strategy"], c["loss"], c["cot"]) for c in summary["cells"]}
+    assert rows == {
+        ("base", "ambiguity", "structured"),
+        ("sft", "ambiguity", "structured"),
+        ("sft", "ce_only", "structured"),
+        ("sft", "ambiguity", "none"),
+        ("dpo", "ambiguity", "structured"),
+        ("grpo", "ambiguity", "structured"),
+        ("grpoz", "ambiguity", "structured"),
+        ("sft+self_consistency-n4", "ambiguity", "structured"),
+        ("sft+weighted_best_of_n-n4", "ambiguity", "structured"),
+    }
+    assert not summary["failed"] and not summary["incomplete"]
+    # every claim measured on this sweep's cells, with a verdict
+    assert len(summary["claims"]) == 6 and all(c["held"] in (True, False) for c in summary["claims"])
+    # the RL rows and the tts rows started from this sweep's SFT run, against the original model (pi_ref)
+    train_sweep, tts_sweep = map(Path, record["sweeps"])
+    (sft_run,) = [
+        d for d in train_sweep.glob("*-sft-fold1")
+        if json.loads((d / "metrics.json").read_text())["loss"] == "ambiguity"
+        and json.loads((d / "metrics.json").read_text())["cot"] == "structured"
+    ]  # fmt: skip
+    for run_dir in [
+        *train_sweep.glob("*-dpo-fold1"),
+        *train_sweep.glob("*-grpo*-fold1"),
+        *tts_sweep.glob("*"),
+    ]:
+        if (run_dir / "metrics.json").is_file():
+            assert json.loads((run_dir / "metrics.json").read_text())["initialised_from"].startswith(
+                str(sft_run)
+            )
+    assert len(list(tts_sweep.glob("*/metrics.json"))) == 2
+    for strategy in ("dpo", "grpo", "grpoz"):
+        (run_dir,) = train_sweep.glob(f"*-{strategy}-fold1")
+        config = (run_dir / ".hydra" / "config.yaml").read_text()
+        assert "reference: base" in config, strategy

@@ -187,11 +187,13 @@ def parse_metrics(data: object) -> tuple[CellKey, int, dict[str, float], tuple[s
 
 
 def strategy_label(data: dict) -> str:
-    """The strategy, with the test-time scaling strategy and N of an `ambig.evaluate` run: `base+vote-n4`."""
+    """The strategy, with the test-time scaling strategy and N of an `ambig.evaluate` run: `base+vote-n4`, or
+    `sft+vote-n4` when it evaluated the weights of an SFT run (checkpoint=...)."""
     tts = data.get("tts")
     if not tts:
         return str(data["strategy"])
-    return f"{data['strategy']}+{tts['name']}-n{tts['n']}"
+    trained = data.get("initialised_from_strategy") or data["strategy"]
+    return f"{trained}+{tts['name']}-n{tts['n']}"
 
 
 def read_run(run_dir: Path) -> Run | FailedRun:

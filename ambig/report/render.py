@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ambig.metrics import METRIC_DIRECTIONS
 from ambig.report.aggregate import Aggregate, Cell, Stat
+from ambig.report.claims import render_claims
 from ambig.report.collect import CellKey, FailedRun
 from ambig.report.paper import PAPER_METRICS, PaperResults
 from ambig.results import ARROWS
@@ -201,7 +202,8 @@ def section(title: str, lines: list[str]) -> str:
 
 
 def render_markdown(agg: Aggregate, paper: PaperResults, figures: list[Path], notes: list[str]) -> str:
-    """The whole Markdown report: tables, then incomplete, failed, superseded, figures and notes."""
+    """The whole Markdown report: tables, the paper's claims checked on them, then incomplete, failed,
+    superseded, figures and notes."""
     n_runs = sum(len(c.runs) for c in agg.cells)
     intro = (
         f"# Results\n\n{n_runs} run(s) averaged into {len(agg.cells)} cell(s); "
@@ -217,9 +219,11 @@ def render_markdown(agg: Aggregate, paper: PaperResults, figures: list[Path], no
         f"- `{s.run.path}` ({cell_label(s.run.cell, s.run.fold)}): replaced by newer `{s.by.path}`"
         for s in agg.superseded
     ]
+    claims = render_claims(agg.cells, paper).rstrip()
     parts = [
         intro,
         *tables,
+        *([claims] if claims else []),
         section("Incomplete", incomplete_lines(agg)),
         section("Failed or unfinished runs", [failed_line(j, agg) for j in agg.failed]),
         section("Superseded runs", superseded),

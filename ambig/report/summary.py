@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ambig.report.aggregate import Aggregate, Cell
+from ambig.report.claims import verdicts
 from ambig.report.collect import FailedRun
 from ambig.report.paper import PaperResults
 
@@ -57,6 +58,21 @@ def summary(
         "superseded": [
             {**s.run.cell.as_dict(), "fold": s.run.fold, "path": str(s.run.path), "by": str(s.by.path)}
             for s in agg.superseded
+        ],
+        "claims": [
+            {
+                "claim": v.claim.text,
+                "dataset": v.table[0],
+                "test_dataset": v.table[1],
+                "model": v.model,
+                "better": list(v.claim.better),
+                "worse": list(v.claim.worse),
+                "better_js": v.better_js,
+                "worse_js": v.worse_js,
+                "held": v.held,
+                "paper": [{"dataset": d, "better_js": b, "worse_js": w} for d, b, w in v.paper],
+            }
+            for v in verdicts(agg.cells, paper)
         ],
         "figures": [f.name for f in figures],
         "notes": notes,
