@@ -64,12 +64,17 @@ class Predictor:
             if not (run_dir / needed).is_file():
                 raise FileNotFoundError(
                     f"checkpoint={checkpoint}: {run_dir / needed} is missing; give a training run directory "
-                    "(runs/<dataset>/<strategy>/fold<k>/<timestamp>) or a .ckpt inside one"
+                    "(runs/<dataset>/<strategy>/fold<k>/<timestamp>), a .ckpt inside one, or a directory "
+                    "written by python -m ambig.export"
                 )
         cfg = OmegaConf.load(run_dir / "config.yaml")
         metrics = json.loads((run_dir / "metrics.json").read_text())
         self.classes = tuple(metrics["classes"])
-        model, processor = load_model(cfg.model)
+        exported = _exported(run_dir)
+        if exported is not None:
+            model, processor = _load_exported(run_dir, cfg, exported)
+        else:
+            model, processor = load_model(cfg.model)
         self.cot = bool(cfg.cot.enabled)
         self.builder = BatchBuilder(
             processor,
@@ -80,7 +85,7 @@ class Predictor:
             template=model_family(cfg.model).template,
         ).for_evaluation()
         holder = BaseStrategy(model, self.builder, optim={}, decoding={}, loss={}, name="predict")
-        if cfg.strategy.name != "base":  # a trained run: its weights
+        if cfg.strategy.name != "base" and exported is None:  # a trained run: its weights
             load_init(holder, init_checkpoint(path))
         self.model = holder.model.eval()
         self.sample_rate = int(cfg.model.sample_rate)
@@ -124,6 +129,26 @@ class Predictor:
         q = (q / q.sum()).tolist()
         answer = parse_output(text, self.classes, self.output_format).answer if text is not None else None
         return Prediction(name, dict(zip(self.classes, q, strict=True)), text, answer)
+
+
+def _exported(folder: Path) -> dict | None:
+    """The record `ambig.export` leaves in a directory it wrote, or None."""
+    from ambig.export import EXPORT_FILE
+
+    record = folder / EXPORT_FILE
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
+def _load_exported(folder: Path, cfg, record: dict):
+    """(model, processor) of an exported directory: merged weights by from_pretrained, or the run's base
+    model with the exported adapter on it."""
+    base_cfg = OmegaConf.merge(cfg.model, {"lora": None, "train_audio_tower": False})
+    if record["merged"]:
+        return load_model(OmegaConf.merge(base_cfg, {"path": str(folder)}))
+    from peft import PeftModel
+
+    base, processor = load_model(base_cfg)
+    return PeftModel.from_pretrained(base, str(folder)), processor
 
 
 def format_prediction(pred: Prediction, width: int = 30) -> str:
