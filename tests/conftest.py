@@ -56,19 +56,24 @@ def tiny_model_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("models")
 
 
-@pytest.fixture(scope="session")
-def tiny_cfg_factory(tiny_model_dir):
-    """`make(lora=True, **overrides)` -> an OmegaConf model config for the tiny model."""
+def cfg_factory(template: dict, model_dir):
+    """`make(lora=True, **overrides)` -> an OmegaConf model config from `template`, built into `model_dir`."""
 
     def make(lora: bool = True, **overrides):
-        cfg = copy.deepcopy(TINY_MODEL_CFG)
-        cfg["cache_dir"] = str(tiny_model_dir)
+        cfg = copy.deepcopy(template)
+        cfg["cache_dir"] = str(model_dir)
         if not lora:
             cfg["lora"] = None
         cfg.update(overrides)
         return OmegaConf.create(cfg)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg_factory(tiny_model_dir):
+    """`make(lora=True, **overrides)` -> an OmegaConf model config for the tiny model."""
+    return cfg_factory(TINY_MODEL_CFG, tiny_model_dir)
 
 
 # conf/model/mini.yaml, resolved: SmolLM2-135M-Instruct + Whisper tiny.en in the Qwen2-Audio layout.
@@ -92,16 +97,7 @@ MINI_MODEL_CFG = {
 @pytest.fixture(scope="session")
 def mini_cfg_factory(tiny_model_dir):
     """`make(lora=True, **overrides)` -> a model=mini config (its checkpoint built once per session)."""
-
-    def make(lora: bool = True, **overrides):
-        cfg = copy.deepcopy(MINI_MODEL_CFG)
-        cfg["cache_dir"] = str(tiny_model_dir)
-        if not lora:
-            cfg["lora"] = None
-        cfg.update(overrides)
-        return OmegaConf.create(cfg)
-
-    return make
+    return cfg_factory(MINI_MODEL_CFG, tiny_model_dir)
 
 
 @pytest.fixture(scope="session")

@@ -108,27 +108,24 @@ def smoke_env(tmp_path_factory):
     return {"AMBIG_RUNS_DIR": root / "runs", "AMBIG_CACHE_DIR": root / "cache"}
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_smoke_multirun_fills_every_cell_of_the_report(smoke_env, name):
-    before = set((smoke_env["AMBIG_RUNS_DIR"] / "multirun").glob("*"))
+def run_module(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """`python -m <args>` in the repository with the smoke run and cache directories; it must succeed."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ambig.train",
-            "-m",
-            f"experiment={name}",
-            "scale=smoke",
-            "fold=1",
-            "logger=none",
-        ],
+        [sys.executable, "-m", *args],
         cwd=ROOT,
-        env={**os.environ, **{k: str(v) for k, v in smoke_env.items()}},
+        env={**os.environ, **{k: str(v) for k, v in env.items()}},
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_smoke_multirun_fills_every_cell_of_the_report(smoke_env, name):
+    before = set((smoke_env["AMBIG_RUNS_DIR"] / "multirun").glob("*"))
+    run_module(smoke_env, "ambig.train", "-m", f"experiment={name}", "scale=smoke", "fold=1", "logger=none")
     (sweep,) = set((smoke_env["AMBIG_RUNS_DIR"] / "multirun").glob("*")) - before
     report = build_report([sweep])
     agg = report.aggregate
@@ -196,15 +193,7 @@ def test_local_submitit_launcher_runs_a_tiny_sweep(smoke_env):
 
 def test_mini_paper_runs_every_row_and_reports_the_papers_claims(smoke_env):
     """python -m ambig.mini_paper scale=smoke: both sweeps (on the tiny model), then the report."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "ambig.mini_paper", "scale=smoke", "logger=none"],
-        cwd=ROOT,
-        env={**os.environ, **{k: str(v) for k, v in smoke_env.items()}},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_module(smoke_env, "ambig.mini_paper", "scale=smoke", "logger=none")
     assert "## The paper's claims" in proc.stdout
     (record_file,) = (smoke_env["AMBIG_RUNS_DIR"] / "multirun").glob("*/report/*/mini_paper.json")
     record = json.loads(record_file.read_text())

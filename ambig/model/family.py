@@ -15,7 +15,7 @@ batch tensors, the read-out, the strategies) is shared: both families take `inpu
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ambig.model.prompt import QWEN2_5_OMNI, QWEN2_AUDIO, SMOLLM2_AUDIO, ChatTemplate
 
@@ -94,32 +94,29 @@ def _mini_spec(block):
     return MiniSpec(**block)
 
 
+_QWEN2_AUDIO = ModelFamily(
+    name="qwen2_audio",
+    model_class="Qwen2AudioForConditionalGeneration",
+    model_type="qwen2_audio",
+    checkpoint_types=("qwen2_audio",),
+    template=QWEN2_AUDIO,
+    towers=("audio_tower",),
+    audio_modules=("audio_tower", "multi_modal_projector"),
+    load_processor=_qwen2_audio_processor,
+    build_tiny=_build_tiny_qwen2_audio,
+    tiny_prefix="tiny",
+    text_model_type="qwen2",
+    make_spec=_tiny_spec,
+)
 FAMILIES = {
     f.name: f
     for f in (
-        ModelFamily(
-            name="qwen2_audio",
-            model_class="Qwen2AudioForConditionalGeneration",
-            model_type="qwen2_audio",
-            checkpoint_types=("qwen2_audio",),
-            template=QWEN2_AUDIO,
-            towers=("audio_tower",),
-            audio_modules=("audio_tower", "multi_modal_projector"),
-            load_processor=_qwen2_audio_processor,
-            build_tiny=_build_tiny_qwen2_audio,
-            tiny_prefix="tiny",
-            text_model_type="qwen2",
-            make_spec=_tiny_spec,
-        ),
-        ModelFamily(
+        _QWEN2_AUDIO,
+        # model=mini: the same class and audio path around a Llama, with SmolLM2's chat template
+        replace(
+            _QWEN2_AUDIO,
             name="smollm2_audio",
-            model_class="Qwen2AudioForConditionalGeneration",
-            model_type="qwen2_audio",
-            checkpoint_types=("qwen2_audio",),
             template=SMOLLM2_AUDIO,
-            towers=("audio_tower",),
-            audio_modules=("audio_tower", "multi_modal_projector"),
-            load_processor=_qwen2_audio_processor,
             build_tiny=_build_mini,
             tiny_prefix="mini",
             text_model_type="llama",
