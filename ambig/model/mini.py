@@ -34,6 +34,28 @@ INSTALL = (
     "and which ambig does not use)"
 )
 AUDIO_TOKENS = ("<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>")
+# SmolLM2-135M-Instruct's chat template (ChatML, its default system prompt), extended with Qwen2-Audio's audio
+# item ("Audio k: <|audio_bos|><|AUDIO|><|audio_eos|>\n" per audio part of a message), so a request with audio
+# parts (an OpenAI input_audio part through `transformers serve`) renders as ambig's prompts do; plain string
+# contents render exactly as SmolLM2's own template.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    "<|im_end|>\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% set audio = namespace(n=0) %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'audio' or 'audio' in part or 'audio_url' in part %}"
+    "{% set audio.n = audio.n + 1 %}"
+    "{{ 'Audio ' + audio.n|string + ': <|audio_bos|><|AUDIO|><|audio_eos|>\n' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 class MiniPartMissingError(FileNotFoundError):
@@ -133,7 +155,7 @@ class MiniSpec:
         return self.chunk_length * 50
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "parts": [p.sha256 for p in PARTS], "layout": 1}, sort_keys=True)
+        blob = json.dumps({**asdict(self), "parts": [p.sha256 for p in PARTS], "layout": 2}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -270,6 +292,7 @@ def build_mini(out_dir: str | Path, spec: MiniSpec) -> Path:
     lm, shared_tokenizer = load_smollm2()
     tokenizer = copy.deepcopy(shared_tokenizer)
     tokenizer.add_special_tokens({"additional_special_tokens": list(AUDIO_TOKENS)})
+    tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -306,7 +329,7 @@ def build_mini(out_dir: str | Path, spec: MiniSpec) -> Path:
             feature_size=config.audio_config.num_mel_bins, chunk_length=spec.chunk_length
         ),
         tokenizer=tokenizer,
-        chat_template=tokenizer.chat_template,
+        chat_template=CHAT_TEMPLATE,
     )
 
     def write(tmp: Path) -> None:

@@ -110,12 +110,20 @@ def test_text_only_greedy_answers_as_the_gguf_model(mini_base):
 
 
 def test_prompts_are_the_models_own_chat_template(mini_base):
+    """ambig's prompt = the processor's chat template on a message with an audio part and the instruction;
+    without audio parts the template is SmolLM2's own."""
     _, processor = mini_base
-    user = SMOLLM2_AUDIO.audio_segment + instruction(CLASSES, "I can't believe it.", cot=True)
-    theirs = processor.tokenizer.apply_chat_template(
-        [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+    said = instruction(CLASSES, "I can't believe it.", cot=True)
+    message = [{"type": "audio", "audio_url": "clip.wav"}, {"type": "text", "text": said}]
+    theirs = processor.apply_chat_template(
+        [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
     )
     assert chat_prompt(CLASSES, "I can't believe it.", True, SMOLLM2_AUDIO) == theirs
+    _, gguf_tokenizer = mini.load_smollm2()
+    chat = [{"role": "user", "content": said}, {"role": "assistant", "content": "Answer: sad"}]
+    assert processor.tokenizer.apply_chat_template(
+        chat, tokenize=False
+    ) == gguf_tokenizer.apply_chat_template(chat, tokenize=False)
 
 
 def test_audio_tokens_and_class_tokens_on_its_tokenizer(mini_base, mini_builder, examples):
