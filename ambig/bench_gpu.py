@@ -196,20 +196,20 @@ def bench_rollouts(model, batch: dict, device: str, group: int, new_tokens: int)
         torch.cuda.reset_peak_memory_stats()
     model.eval()
     rows = {k: v.repeat_interleave(group, dim=0) for k, v in batch.items()}
+    from ambig.generation import pinned_config
+
+    # Every knob pinned (nothing from the checkpoint's file); exactly new_tokens sampled per row.
+    config = pinned_config(
+        max_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_p=1.0,
+        pad_token_id=0, eos_token_id=0, suppress_tokens=[],
+    )  # fmt: skip
+    config.min_new_tokens = new_tokens
     times = []
     for _ in range(2):  # the first call warms up
         synchronize(device)
         start = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(
-                **rows,
-                do_sample=True,
-                temperature=1.0,
-                top_p=1.0,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                pad_token_id=0,
-            )
+            out = model.generate(**rows, generation_config=config).sequences
         synchronize(device)
         times.append(time.perf_counter() - start)
     sampled = (out.shape[1] - rows["input_ids"].shape[1]) * out.shape[0]
