@@ -53,8 +53,9 @@ smoke: $(STAMP)
 	for e in table2 fig2_kl table3_cot; do \
 	  $(BIN)/python -m ambig.train -m experiment=$$e scale=smoke fold=1 logger=none $(ARGS) || exit 1; done
 
-# The paper's comparison on model=mini (pretrained, CPU-sized), synthetic fold 1: the sweep, the tts rows, the
-# report with the paper's claims checked (conf/experiment/mini_paper.yaml); ARGS="fold=2" for another fold.
+# The paper's comparison on model=mini (pretrained, CPU-sized), synthetic fold 1: every row, the tts rows, the
+# report with the paper's claims checked (conf/experiment/mini_paper.yaml), as one study under
+# runs/mini_paper/ that a rerun continues (finished rows kept); ARGS="fold=2" for another fold.
 mini-paper: $(STAMP)
 	$(BIN)/python -m ambig.mini_paper $(ARGS)
 

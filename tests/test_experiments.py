@@ -191,13 +191,32 @@ def test_local_submitit_launcher_runs_a_tiny_sweep(smoke_env):
     assert folds == [1, 2]
 
 
-def test_mini_paper_runs_every_row_and_reports_the_papers_claims(smoke_env):
-    """python -m ambig.mini_paper scale=smoke: both sweeps (on the tiny model), then the report."""
-    proc = run_module(smoke_env, "ambig.mini_paper", "scale=smoke", "logger=none")
+MINI_ROWS = ("base", "sft", "sft_ce_only", "sft_no_cot", "dpo", "grpo", "grpoz")
+MINI_TTS_ROWS = ("sft+self_consistency-n4", "sft+weighted_best_of_n-n4")
+
+
+@pytest.fixture(scope="module")
+def mini_study(smoke_env):
+    """python -m ambig.mini_paper scale=smoke: every row (tiny model) into one study, then the report."""
+    study = smoke_env["AMBIG_RUNS_DIR"] / "study"
+    proc = run_module(smoke_env, "ambig.mini_paper", f"study={study}", "scale=smoke", "logger=none")
+    return study, proc
+
+
+def _record(study: Path) -> tuple[Path, dict]:
+    (record_file,) = sorted(study.glob("report/*/mini_paper.json"))[-1:]
+    return record_file, json.loads(record_file.read_text())
+
+
+def test_mini_paper_runs_every_row_and_reports_the_papers_claims(mini_study):
+    study, proc = mini_study
     assert "## The paper's claims" in proc.stdout
-    (record_file,) = (smoke_env["AMBIG_RUNS_DIR"] / "multirun").glob("*/report/*/mini_paper.json")
-    record = json.loads(record_file.read_text())
-    assert set(record["wall_seconds"]) == {"train", "tts", "total"} and record["machine"]["cpus"] >= 1
+    record_file, record = _record(study)
+    assert set(record["rows"]) == set(MINI_ROWS + MINI_TTS_ROWS) and record["ran_now"] == [
+        *MINI_ROWS,
+        *MINI_TTS_ROWS,
+    ]
+    assert set(record["wall_seconds"]) == {*record["rows"], "total"} and record["machine"]["cpus"] >= 1
     summary = json.loads((record_file.parent / "summary.json").read_text())
     rows = {(c["strategy"], c["loss"], c["cot"]) for c in summary["cells"]}
     assert rows == {
@@ -212,26 +231,48 @@ def test_mini_paper_runs_every_row_and_reports_the_papers_claims(smoke_env):
         ("sft+weighted_best_of_n-n4", "ambiguity", "structured"),
     }
     assert not summary["failed"] and not summary["incomplete"]
-    # every claim measured on this sweep's cells, with a verdict
+    # every claim measured on this study's cells, with a verdict
     assert len(summary["claims"]) == 6 and all(c["held"] in (True, False) for c in summary["claims"])
-    # the RL rows and the tts rows started from this sweep's SFT run, against the original model (pi_ref)
-    train_sweep, tts_sweep = map(Path, record["sweeps"])
-    (sft_run,) = [
-        d for d in train_sweep.glob("*-sft-fold1")
-        if json.loads((d / "metrics.json").read_text())["loss"] == "ambiguity"
-        and json.loads((d / "metrics.json").read_text())["cot"] == "structured"
-    ]  # fmt: skip
-    for run_dir in [
-        *train_sweep.glob("*-dpo-fold1"),
-        *train_sweep.glob("*-grpo*-fold1"),
-        *tts_sweep.glob("*"),
-    ]:
-        if (run_dir / "metrics.json").is_file():
-            assert json.loads((run_dir / "metrics.json").read_text())["initialised_from"].startswith(
-                str(sft_run)
-            )
-    assert len(list(tts_sweep.glob("*/metrics.json"))) == 2
-    for strategy in ("dpo", "grpo", "grpoz"):
-        (run_dir,) = train_sweep.glob(f"*-{strategy}-fold1")
-        config = (run_dir / ".hydra" / "config.yaml").read_text()
-        assert "reference: base" in config, strategy
+    # the RL rows and the tts rows started from this study's SFT run, against the original model (pi_ref)
+    sft_run = record["rows"]["sft"]
+    for name in ("dpo", "grpo", "grpoz", *MINI_TTS_ROWS):
+        metrics = json.loads((Path(record["rows"][name]) / "metrics.json").read_text())
+        assert metrics["initialised_from"].startswith(sft_run), name
+        assert Path(record["rows"][name]).parent.parent == study
+    for name in ("dpo", "grpo", "grpoz"):
+        config = (Path(record["rows"][name]) / "config.yaml").read_text()
+        assert "reference: base" in config, name
+    assert (Path(record["rows"]["sft"]) / "train.log").read_text().count("fold 1:") == 1
+
+
+def test_mini_paper_rerun_keeps_finished_rows_and_resumes_a_cut_off_one(mini_study, smoke_env):
+    study, _ = mini_study
+    ledger_file = study / "ledger.json"
+    ledger = json.loads(ledger_file.read_text())
+    cut = ledger["rows"]["grpoz"]
+    assert (Path(cut["run"]) / "checkpoints" / "last.ckpt").is_file()
+    # as if the process had been killed while grpoz trained: started, a checkpoint written, no results yet
+    (Path(cut["run"]) / "metrics.json").rename(Path(cut["run"]) / "metrics.json.cut")
+    ledger["rows"]["grpoz"] = {k: cut[k] for k in ("config", "run")} | {"status": "started"}
+    ledger_file.write_text(json.dumps(ledger))
+    proc = run_module(smoke_env, "ambig.mini_paper", f"study={study}", "scale=smoke", "logger=none")
+    _, record = _record(study)
+    assert record["ran_now"] == ["grpoz"]
+    kept = [line for line in proc.stdout.splitlines() if ": kept " in line]
+    assert len(kept) == len(MINI_ROWS) + len(MINI_TTS_ROWS) - 1
+    new = json.loads((Path(record["rows"]["grpoz"]) / "metrics.json").read_text())
+    assert new["resumed_from"].startswith(cut["run"]) and record["rows"]["grpoz"] != cut["run"]
+    assert (Path(cut["run"]) / "metrics.json.cut").is_file()  # the cut-off run's directory is left as it was
+    assert json.loads(ledger_file.read_text())["rows"]["grpoz"]["status"] == "finished"
+
+
+def test_mini_paper_row_key_follows_the_config_not_resume():
+    from ambig.mini_paper import compose_row, config_key, rows
+
+    train, tts = rows(["scale=smoke"])
+    assert [r.name for r in train] == list(MINI_ROWS) and [r.name for r in tts] == list(MINI_TTS_ROWS)
+    sft = train[1]
+    key = config_key(compose_row(sft, ["scale=smoke"], []))
+    assert config_key(compose_row(sft, ["scale=smoke"], ["resume=true"])) == key
+    assert config_key(compose_row(sft, ["scale=smoke"], ["trainer.max_epochs=3"])) != key
+    assert config_key(compose_row(train[2], ["scale=smoke"], [])) != key
