@@ -135,11 +135,11 @@ def _check_entries(entries: list[dict], model: str, attempts: int) -> None:
 
 
 def test_curate_in_audio_mode_against_transformers_serve(served, corpus_cache, tmp_path):
-    proc = _curate(*_args(served, "audio", 2, attempts=2), cache=corpus_cache, curation=tmp_path)
+    proc = _curate(*_args(served, "audio", 1, attempts=2), cache=corpus_cache, curation=tmp_path)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:] + served.log()
     entries = _lines(tmp_path / "synthetic" / "cot.jsonl")
-    assert len(entries) == len({e["id"] for e in entries}) == 2
+    assert len(entries) == 1
     _check_entries(entries, served.model, attempts=2)
     # the audio reached the model: each generation's prompt carries the clip's audio tokens
     assert all(e["usage"]["prompt_tokens"] / e["attempts"] > 400 for e in entries)
@@ -149,7 +149,7 @@ def test_curate_in_audio_mode_against_transformers_serve(served, corpus_cache, t
 
 
 def test_curate_in_text_mode_survives_a_kill_and_resumes(served, corpus_cache, tmp_path):
-    args = _args(served, "text", 3, attempts=1)
+    args = _args(served, "text", 2, attempts=1)
     out_file = tmp_path / "synthetic" / "cot.jsonl"
     first = _curate(*args, cache=corpus_cache, curation=tmp_path, start_new_session=True)
     deadline = time.monotonic() + 400
@@ -162,15 +162,15 @@ def test_curate_in_text_mode_survives_a_kill_and_resumes(served, corpus_cache, t
     first.communicate()
     before = out_file.read_text()
     done = before.count("\n")
-    assert 1 <= done < 3
+    assert done == 1
     again = _curate(*args, cache=corpus_cache, curation=tmp_path)
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-3000:] + served.log()
     after = out_file.read_text()
     assert after.startswith(before)  # what the killed run wrote is kept as it was
     entries = _lines(out_file)
-    assert len(entries) == len({e["id"] for e in entries}) == 3
-    assert f"{done} already done" in out
+    assert len(entries) == len({e["id"] for e in entries}) == 2
+    assert "1 already done" in out
     _check_entries(entries, served.model, attempts=1)
     assert len(load_cots(out_file)) == sum(e["verdict"] == "accepted" for e in entries)
 
@@ -181,7 +181,14 @@ def test_an_exported_mini_run_is_served_and_answers_as_predict(
     monkeypatch.setenv("AMBIG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("AMBIG_RUNS_DIR", str(tmp_path / "runs"))
     models = mini_cfg_factory().cache_dir
-    cfg = make_cfg("model=mini", f"model.cache_dir={models}", "trainer.limit_train_batches=1", "batch_size=2")
+    cfg = make_cfg(
+        "model=mini",
+        f"model.cache_dir={models}",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_test_batches=1",
+        "batch_size=2",
+        "eval_batch_size=2",  # one step, two validation and two test clips: the export is what is tested
+    )
     run(cfg, tmp_path / "sft")
     out = export(tmp_path / "sft", tmp_path / "export", merge=True)
     record = synthetic_records[1]
