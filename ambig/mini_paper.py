@@ -40,7 +40,6 @@ from ambig.report.build import build_report
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 LEDGER = "ledger.json"
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -167,10 +166,33 @@ def execute(row: Row, cfg: DictConfig, run_dir: Path) -> None:
         handler.close()
 
 
+def study_start(row: Row, overrides: list[str], done: dict[str, Path]) -> list[str]:
+    """A row whose config starts from `run:<row>` (the RL cells' `strategy.starts_from`) starts from that row
+    of this study: its directory as `init_from`, not the newest such run anywhere under runs/."""
+    init_from = compose_row(row, overrides, []).get("init_from")
+    if not (isinstance(init_from, str) and init_from.startswith("run:")):
+        return []
+    source = init_from.removeprefix("run:")
+    if source not in done:
+        raise RuntimeError(
+            f"row {row.name} starts from {init_from}, but this study has no earlier {source} row"
+        )
+    return [f"init_from={_quoted(done[source])}"]
+
+
+def _new_run_dir(study: Path, row: Row) -> Path:
+    run_dir = study / row.name.replace("+", "_") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    if run_dir.exists():  # two starts within a second
+        time.sleep(1.0)
+        return _new_run_dir(study, row)
+    return run_dir
+
+
 def run_row(
     row: Row, overrides: list[str], extra: list[str], study: Path, ledger: Ledger
 ) -> tuple[Path, bool]:
-    """(the row's run directory, whether it ran now). Raises on failure (the ledger says `started`)."""
+    """(the row's run directory, whether it ran now). Raises on failure (the ledger says `started`). A resumed
+    row's wall time counts from the resume."""
     cfg = compose_row(row, overrides, extra)
     key = config_key(cfg)
     entry = ledger.get(row.name)
@@ -187,16 +209,13 @@ def run_row(
         print(
             f"[mini_paper] {row.name}: its config changed or it did not finish; running it again", flush=True
         )
-    run_dir = study / row.name.replace("+", "_") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    if run_dir.exists():  # two starts within a second
-        time.sleep(1.0)
-        run_dir = study / row.name.replace("+", "_") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    run_dir = _new_run_dir(study, row)
     how = f"resuming {entry['run']}" if resume else "running"
     print(f"[mini_paper] {row.name}: {how} into {run_dir}", flush=True)
     ledger.set(row.name, status="started", config=key, run=str(run_dir), started=_now())
     start = time.perf_counter()
     execute(row, cfg, run_dir)
-    wall = time.perf_counter() - start + (entry.get("wall_s", 0.0) if resume else 0.0)
+    wall = time.perf_counter() - start
     ledger.set(
         row.name, status="finished", config=key, run=str(run_dir), wall_s=wall, ended=_now(), resumed=resume
     )
@@ -234,14 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     ran: list[str] = []
     try:
         train_rows, tts_rows = rows(overrides)
-        if "sft" not in [r.name for r in train_rows]:
-            raise RuntimeError(
-                "experiment=mini_paper's sweep has no cell=mini_paper/sft, which later rows start from"
-            )
         for row in train_rows:
-            extra = [f"init_from={_quoted(done['sft'])}"] if row.name in ("dpo", "grpo", "grpoz") else []
+            extra = study_start(row, overrides, done)
             done[row.name], now = run_row(row, overrides, extra, study, ledger)
             ran += [row.name] if now else []
+        if tts_rows and "sft" not in done:
+            raise RuntimeError(
+                "the tts rows evaluate this study's sft row, and experiment=mini_paper has none"
+            )
         for row in tts_rows:
             extra = [f"checkpoint={_quoted(done['sft'])}"]
             done[row.name], now = run_row(row, overrides, extra, study, ledger)
