@@ -23,8 +23,12 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/python -m ambig.train $(ARGS)
 
+# The suite in TEST_WORKERS processes (pytest-xdist), the slow tests first, the tests sharing a module fixture on one
+# worker (tests/conftest.py) so it is built once;
+# each worker's torch gets its share of the cores (tests/conftest.py). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ambig tests scripts

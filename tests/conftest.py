@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from omegaconf import OmegaConf
 
 from ambig.data.audio import load_audio
 from ambig.data.synthetic import CLASSES, SyntheticSpec, load_synthetic
 from ambig.model.inputs import BatchBuilder, Example
-from ambig.model.load import load_model
+from ambig.model.load import load_model, resolve_source
 
 SAMPLE_RATE = 16000
 MAX_SECONDS = 4.0
@@ -50,14 +55,104 @@ TINY_MODEL_CFG = {
 }
 
 
+# Where the workers write which tests share a module fixture, for the controller's scheduler (below).
+GROUPS_FILE = "AMBIG_TEST_GROUPS_FILE"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs TEST_WORKERS of them), each worker's torch gets its share of the
+    cores: two workers of two threads each on two cores spend their time waiting for each other. The
+    controller names the file its workers write the test groups to."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        share = max(1, (os.cpu_count() or 1) // int(workers))
+        torch.set_num_threads(share)
+        # and the processes the tests start (CLI runs, DDP ranks, servers): measured, a smoke run beside
+        # another busy process takes 9.0 s with two threads, 6.3 s with one
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, str(share))
+    elif getattr(config.option, "numprocesses", None):
+        fd, path = tempfile.mkstemp(prefix="ambig-test-groups-", suffix=".json")
+        os.close(fd)
+        os.environ[GROUPS_FILE] = path
+        config.add_cleanup(lambda: Path(path).unlink(missing_ok=True))
+
+
+def shared_fixture_groups(items) -> dict[str, str]:
+    """node id -> group, for the tests of one module that share a module-scoped fixture (directly or through
+    another test); tests without one are in no group."""
+    parent: dict[tuple[str, str], tuple[str, str]] = {}  # union-find over (module, fixture name)
+
+    def find(node):
+        while parent.setdefault(node, node) != node:
+            node = parent[node]
+        return node
+
+    uses = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        names = sorted(
+            name
+            for name, defs in item._fixtureinfo.name2fixturedefs.items()
+            if defs and defs[-1].scope in ("module", "class", "package")
+        )
+        uses[item.nodeid] = [(module, name) for name in names]
+        for node in uses[item.nodeid][1:]:
+            parent[find(node)] = find(uses[item.nodeid][0])
+    return {nodeid: "::".join(find(nodes[0])) for nodeid, nodes in uses.items() if nodes}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Order the tests, and (under pytest-xdist) tell the controller which of them share a module fixture.
+
+    Tests marked `slow` run first, so the longest ones do not start last and leave a worker idle at the end.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: collection order within
+    path = os.environ.get(GROUPS_FILE)
+    if path and os.environ.get("PYTEST_XDIST_WORKER"):
+        staging = Path(f"{path}.{os.environ['PYTEST_XDIST_WORKER']}")
+        staging.write_text(json.dumps(shared_fixture_groups(items)))
+        staging.replace(path)  # every worker collects the same tests: any one's file will do
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` scheduling by shared module fixtures: the tests sharing one run on one worker, one
+    after another (so the fixture is built once), every other test goes to whichever worker is free.
+
+    (xdist's own loadgroup reads `xdist_group` marks from a suffix it writes into the node id, which pytest
+    9's node ids no longer take; this scheduler reads the groups from the workers' file instead.)"""
+    if config.getvalue("dist") != "loadgroup" or not os.environ.get(GROUPS_FILE):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # read once, after every worker has collected
+                self.groups = json.loads(Path(os.environ[GROUPS_FILE]).read_text() or "{}")
+            return self.groups.get(nodeid, nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    """The cache directory the tiny checkpoint is built into (shared by every tiny-model fixture)."""
+    """The cache directory the tiny and mini checkpoints are built into (shared by every model fixture; under
+    pytest-xdist shared by the workers of one run, so the mini model is converted once)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "models"
+        shared.mkdir(exist_ok=True)
+        return shared
     return tmp_path_factory.mktemp("models")
 
 
 def cfg_factory(template: dict, model_dir):
-    """`make(lora=True, **overrides)` -> an OmegaConf model config from `template`, built into `model_dir`."""
+    """`make(lora=True, **overrides)` -> an OmegaConf model config from `template`, built into `model_dir`.
+
+    The checkpoint of the template's own config is built here, under a lock: one worker builds it, the others
+    wait for it (checkpoints are written atomically, so any other config is safe to build concurrently)."""
 
     def make(lora: bool = True, **overrides):
         cfg = copy.deepcopy(template)
@@ -67,6 +162,8 @@ def cfg_factory(template: dict, model_dir):
         cfg.update(overrides)
         return OmegaConf.create(cfg)
 
+    with FileLock(str(model_dir / f"{template['name']}.lock")):
+        resolve_source(make(lora=False))
     return make
 
 

@@ -55,6 +55,7 @@ def test_target_lengths_count_the_models_tokens(builder, synthetic_records):
     )
 
 
+@pytest.mark.slow
 def test_an_auto_run_records_its_budget_and_what_it_did(isolated):
     cfg = make_cfg("decoding.max_new_tokens=auto", "decoding.refuse_short_budget=true")
     metrics = run(cfg, isolated / "run")
@@ -92,6 +93,7 @@ def test_a_strategy_refusing_its_settings_is_a_config_error(tiny_lora, builder):
         build_strategy(cfg, tiny_lora[0], builder)
 
 
+@pytest.mark.slow
 def test_the_command_line_prints_one_error_line(tmp_path):
     env = {"AMBIG_CACHE_DIR": tmp_path / "c", "AMBIG_RUNS_DIR": tmp_path / "r"}
     proc = cli("dataset.corpus.n_utterances=30", "decoding.max_new_tokens=12", env_vars=env)

@@ -43,6 +43,7 @@ def train(runs: Path, cache: Path, *extra: str) -> tuple[dict, Path]:
     return json.loads(metrics_file.read_text()), metrics_file.parent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["sft", "grpo"])
 def test_two_processes_match_a_single_process_evaluation(tmp_path, strategy):
     cache = tmp_path / "cache"

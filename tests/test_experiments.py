@@ -102,10 +102,14 @@ def test_init_from_run_finds_the_newest_matching_finished_run(tmp_path):
         find_run(tmp_path, "sft", {**want, "model": "qwen2_audio_7b_instruct"})
 
 
-@pytest.fixture(scope="module")
-def smoke_env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("smoke")
+def run_and_cache_dirs(root: Path) -> dict:
     return {"AMBIG_RUNS_DIR": root / "runs", "AMBIG_CACHE_DIR": root / "cache"}
+
+
+@pytest.fixture
+def smoke_env(tmp_path):
+    """Run and cache directories of one test (its own: `make test` runs the slow tests in parallel)."""
+    return run_and_cache_dirs(tmp_path)
 
 
 def run_module(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -122,6 +126,7 @@ def run_module(env: dict, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_smoke_multirun_fills_every_cell_of_the_report(smoke_env, name):
     before = set((smoke_env["AMBIG_RUNS_DIR"] / "multirun").glob("*"))
@@ -167,6 +172,7 @@ def test_launcher_configs_compose(launcher):
         assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.array_parallelism == 20
 
 
+@pytest.mark.slow
 def test_local_submitit_launcher_runs_a_tiny_sweep(smoke_env):
     before = set((smoke_env["AMBIG_RUNS_DIR"] / "multirun").glob("*"))
     args = ["strategy=base", "fold=1,2", "logger=none", "dataset.corpus.n_utterances=30"]
@@ -196,11 +202,12 @@ MINI_TTS_ROWS = ("sft+self_consistency-n4", "sft+weighted_best_of_n-n4")
 
 
 @pytest.fixture(scope="module")
-def mini_study(smoke_env):
+def mini_study(tmp_path_factory):
     """python -m ambig.mini_paper scale=smoke: every row (tiny model) into one study, then the report."""
-    study = smoke_env["AMBIG_RUNS_DIR"] / "study"
-    proc = run_module(smoke_env, "ambig.mini_paper", f"study={study}", "scale=smoke", "logger=none")
-    return study, proc
+    env = run_and_cache_dirs(tmp_path_factory.mktemp("mini_study"))
+    study = env["AMBIG_RUNS_DIR"] / "study"
+    proc = run_module(env, "ambig.mini_paper", f"study={study}", "scale=smoke", "logger=none")
+    return study, proc, env
 
 
 def _record(study: Path) -> tuple[Path, dict]:
@@ -208,8 +215,9 @@ def _record(study: Path) -> tuple[Path, dict]:
     return record_file, json.loads(record_file.read_text())
 
 
+@pytest.mark.slow
 def test_mini_paper_runs_every_row_and_reports_the_papers_claims(mini_study):
-    study, proc = mini_study
+    study, proc, _ = mini_study
     assert "## The paper's claims" in proc.stdout
     record_file, record = _record(study)
     assert set(record["rows"]) == set(MINI_ROWS + MINI_TTS_ROWS) and record["ran_now"] == [
@@ -245,8 +253,9 @@ def test_mini_paper_runs_every_row_and_reports_the_papers_claims(mini_study):
     assert (Path(record["rows"]["sft"]) / "train.log").read_text().count("fold 1:") == 1
 
 
-def test_mini_paper_rerun_keeps_finished_rows_and_resumes_a_cut_off_one(mini_study, smoke_env):
-    study, _ = mini_study
+@pytest.mark.slow
+def test_mini_paper_rerun_keeps_finished_rows_and_resumes_a_cut_off_one(mini_study):
+    study, _, env = mini_study
     ledger_file = study / "ledger.json"
     ledger = json.loads(ledger_file.read_text())
     cut = ledger["rows"]["grpoz"]
@@ -255,7 +264,7 @@ def test_mini_paper_rerun_keeps_finished_rows_and_resumes_a_cut_off_one(mini_stu
     (Path(cut["run"]) / "metrics.json").rename(Path(cut["run"]) / "metrics.json.cut")
     ledger["rows"]["grpoz"] = {k: cut[k] for k in ("config", "run")} | {"status": "started"}
     ledger_file.write_text(json.dumps(ledger))
-    proc = run_module(smoke_env, "ambig.mini_paper", f"study={study}", "scale=smoke", "logger=none")
+    proc = run_module(env, "ambig.mini_paper", f"study={study}", "scale=smoke", "logger=none")
     _, record = _record(study)
     assert record["ran_now"] == ["grpoz"]
     kept = [line for line in proc.stdout.splitlines() if ": kept " in line]

@@ -39,6 +39,7 @@ def step_logs(run_dir) -> list[dict[str, float]]:
     return [{k: float(row[k]) for k in keys} for row in rows if row.get("train/kl")]
 
 
+@pytest.mark.slow
 def test_fsdp_checkpoint_gives_the_same_test_metrics_in_one_process(tmp_path):
     cache = tmp_path / "cache"
     sharded, _ = train(tmp_path / "fsdp", cache, "trainer=fsdp_cpu", "trainer.limit_train_batches=2")
@@ -52,6 +53,7 @@ def test_fsdp_checkpoint_gives_the_same_test_metrics_in_one_process(tmp_path):
         assert abs(sharded[key] - single[key]) <= 1e-5, (key, sharded[key], single[key])
 
 
+@pytest.mark.slow
 def test_grpo_under_fsdp_takes_the_steps_ddp_takes(tmp_path):
     cache = tmp_path / "cache"
     _, fsdp_dir = train(tmp_path / "fsdp", cache, "trainer=fsdp_cpu", *GRPO, "logger=csv")

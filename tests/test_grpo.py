@@ -313,6 +313,7 @@ def test_grpo_runs_on_the_corpus_fixtures(isolated, dataset, name):
     assert 0 <= metrics["js"] <= 1
 
 
+@pytest.mark.slow
 def test_grpoz_starts_from_an_sft_run_and_mu_two_doubles_the_steps(isolated):
     sft = run(make_cfg(), isolated / "sft")
     common = (

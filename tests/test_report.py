@@ -351,6 +351,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_prints_the_table_and_refuses_an_empty_path(tmp_path):
     for fold in (1, 2):
         write_run(tmp_path / "runs", f"sft{fold}", fold=fold)

@@ -69,6 +69,7 @@ def straight(tmp_path_factory):
     return train(root / "straight", cache), cache
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path, straight):
     straight, cache = straight
     again = train(tmp_path / "again", cache)
@@ -86,6 +87,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path, straight):
         assert abs(resumed[key] - straight[key]) <= 1e-6, (key, resumed[key], straight[key])
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_an_epoch_end_resumes_to_the_uninterrupted_metrics(tmp_path, straight):
     """Killed right after epoch 1's checkpoint (its last batch, validation and best model): the resumed run
     keeps epoch 1's best checkpoint (the test uses the best, so a later, worse epoch must not replace it) and

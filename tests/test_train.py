@@ -62,6 +62,7 @@ def cli(*args: str, env_vars: dict) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_trains_tests_and_writes_results(env):
     proc = cli(*FAST, env_vars={"AMBIG_CACHE_DIR": env["cache"], "AMBIG_RUNS_DIR": env["runs"]})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -80,6 +81,7 @@ def test_cli_trains_tests_and_writes_results(env):
     assert "JS" in proc.stdout and "results:" in proc.stdout
 
 
+@pytest.mark.slow
 def test_unknown_option_fails_before_any_model_is_built(tmp_path):
     proc = cli(
         "strategy=nope", env_vars={"AMBIG_CACHE_DIR": tmp_path / "c", "AMBIG_RUNS_DIR": tmp_path / "r"}
@@ -156,6 +158,7 @@ def test_the_7b_config_composes_and_a_missing_download_says_how_to_get_it(env, t
         run(cfg, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_multirun_writes_one_directory_per_job(env, tmp_path):
     proc = cli(
         "-m",

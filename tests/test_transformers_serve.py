@@ -134,6 +134,7 @@ def _check_entries(entries: list[dict], model: str, attempts: int) -> None:
                 assert parsed.errors and all(err in last for err in parsed.errors)
 
 
+@pytest.mark.slow
 def test_curate_in_audio_mode_against_transformers_serve(served, corpus_cache, tmp_path):
     proc = _curate(*_args(served, "audio", 1, attempts=2), cache=corpus_cache, curation=tmp_path)
     out, err = proc.communicate(timeout=600)
@@ -148,6 +149,7 @@ def test_curate_in_audio_mode_against_transformers_serve(served, corpus_cache, t
     assert f"accepted {accepted}" in summary, out
 
 
+@pytest.mark.slow
 def test_curate_in_text_mode_survives_a_kill_and_resumes(served, corpus_cache, tmp_path):
     args = _args(served, "text", 2, attempts=1)
     out_file = tmp_path / "synthetic" / "cot.jsonl"
@@ -175,6 +177,7 @@ def test_curate_in_text_mode_survives_a_kill_and_resumes(served, corpus_cache, t
     assert len(load_cots(out_file)) == sum(e["verdict"] == "accepted" for e in entries)
 
 
+@pytest.mark.slow
 def test_an_exported_mini_run_is_served_and_answers_as_predict(
     mini_cfg_factory, synthetic_records, tmp_path, monkeypatch
 ):

@@ -84,6 +84,7 @@ def test_unknown_strategy_is_refused(tiny_lora, builder, examples):
         run_tts(tiny_lora[0], builder.for_evaluation()(examples[:1]), builder, tts("beam"))
 
 
+@pytest.mark.slow
 def test_every_strategy_evaluates_a_trained_checkpoint(isolated):
     import math
 
@@ -114,6 +115,7 @@ def test_every_strategy_evaluates_a_trained_checkpoint(isolated):
             assert all(abs(v * 2 - round(v * 2)) < 1e-5 for r in rows for v in r["q"])
 
 
+@pytest.mark.slow
 def test_the_sweep_runs_at_smoke_scale_and_the_report_draws_compute_vs_quality(isolated):
     import os
     import subprocess

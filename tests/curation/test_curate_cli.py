@@ -45,6 +45,7 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_template_curator_writes_and_resumes(dirs, tmp_path):
     args = ("dataset=synthetic", "curator=template", "dataset.corpus.n_utterances=20", "progress=false")
     first = cli(*args, cache=dirs, curation=tmp_path)
@@ -69,6 +70,7 @@ def test_template_curator_writes_and_resumes(dirs, tmp_path):
     assert len(lines(out)) == 20 and "20 already done" in again.stdout
 
 
+@pytest.mark.slow
 def test_openai_curator_via_cli(dirs, tmp_path):
     with FakeChatServer() as server:
         server.faults.extend([429, 500])

@@ -71,6 +71,7 @@ def test_the_converted_encoder_equals_ctranslate2s_on_the_same_features(examples
     assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.99999
 
 
+@pytest.mark.slow
 def test_the_mini_tower_is_whisper_tiny_en_with_its_first_positions(mini_base):
     model, processor = mini_base
     tower = model.model.audio_tower
@@ -210,6 +211,7 @@ def test_the_lora_adapter_leaves_the_tower_frozen_and_trains_the_projector(mini_
 ROLLOUT = {"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0}
 
 
+@pytest.mark.slow
 def test_one_sft_dpo_and_grpo_step_on_the_mini_model(mini_cfg_factory, mini_base, examples):
     # answer-only targets keep the 135M model's steps short; the CoT path is the tiny model's tests' business
     mini_builder = BatchBuilder(
