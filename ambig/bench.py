@@ -16,6 +16,10 @@ feature extractor again for every rollout; same weights, same seeds, so both do 
 rollout tokens/s (tokens sampled / time in sampling) and the process's peak resident memory so far (CPU; on
 a GPU, the strategy's peak allocated GPU memory).
 
+`msp_labels`: reading an MSP-Podcast release's label files at the real corpus's size (200,000 clips, 5-7
+annotators each, generated in the release's CSV formats): seconds to parse labels_consensus.csv and
+labels_detailed.csv, and to turn every clip's votes into its soft label.
+
 `grpo`: time of one GRPO training step (G rollouts per utterance, rewards, policy and reference passes,
 backward, AdamW) on the tiny model for G = 2, 4, 8, with `encode_once` (audio tower once per clip, each
 group's prompt prefilled once) and without it (every rollout row runs the prompt and the audio tower itself),
@@ -397,13 +401,40 @@ def bench_grpo(
     }
 
 
+def bench_msp_labels(out: Path, n_clips: int = 200_000) -> dict:
+    from ambig.data.fixtures.msp_podcast import write_release_labels
+    from ambig.data.msp_podcast import MSPPodcastCorpus, read_labels
+
+    release = out / "msp_podcast"
+    write_release_labels(release / "Labels", n_clips)
+    start = time.perf_counter()
+    consensus, annotations, unparseable = read_labels(release)
+    parsed = time.perf_counter() - start
+    corpus = MSPPodcastCorpus(release)
+    start = time.perf_counter()
+    for votes in annotations.values():
+        corpus.soft_votes(votes)
+    labelled = time.perf_counter() - start
+    size = sum(p.stat().st_size for p in (release / "Labels").iterdir())
+    return {
+        "clips": len(consensus),
+        "annotations": sum(map(len, annotations.values())),
+        "unparseable": len(unparseable),
+        "label_megabytes": size / 1e6,
+        "parse_s": parsed,
+        "soft_labels_s": labelled,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--fold", type=int, default=1)
     parser.add_argument(
-        "--only", choices=["features", "train", "dpo", "grpo", "grpo30", "strategies"], default=None
+        "--only",
+        choices=["features", "msp_labels", "train", "dpo", "grpo", "grpo30", "strategies"],
+        default=None,
     )
     args = parser.parse_args()
     out = Path("runs/bench") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -416,6 +447,13 @@ def main() -> None:
                 f"feature extraction, {window} window, {r['clips']} clips: cold {r['cold']:.0f} clips/s, "
                 f"cached {r['cached']:.0f} clips/s ({r['speedup']:.1f}x)"
             )
+    if args.only in (None, "msp_labels"):
+        results["msp_labels"] = r = bench_msp_labels(out)
+        print(
+            f"MSP-Podcast labels, {r['clips']} clips ({r['annotations']} annotations, "
+            f"{r['label_megabytes']:.0f} MB of CSV): parsed in {r['parse_s']:.1f} s, soft labels in "
+            f"{r['soft_labels_s']:.1f} s"
+        )
     if args.only in (None, "train"):
         results["train"] = bench_train(out, args.fold)
         print_train(results["train"])

@@ -37,5 +37,5 @@ def require_settings(cfg: DictConfig) -> None:
         raise ConfigError(
             f"required settings are missing: {', '.join(missing)}; give them on the command line "
             f"(e.g. dataset.root=/path/to/the/corpus), or for the real corpora set IEMOCAP_ROOT / "
-            f"CREMA_D_ROOT (corpus_roots.iemocap / corpus_roots.crema_d)"
+            f"CREMA_D_ROOT / MSP_PODCAST_ROOT (corpus_roots.iemocap / .crema_d / .msp_podcast)"
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ambig.bench import bench_dpo, bench_grpo, bench_strategies
+from ambig.bench import bench_dpo, bench_grpo, bench_msp_labels, bench_strategies
 
 
 def test_grpo_bench_reports_both_paths_and_the_audio_tower_rows(isolated):
@@ -53,3 +53,9 @@ def test_gpu_bench_skips_without_a_gpu_and_runs_its_code_on_the_tiny_model(isola
     assert peak_flops("NVIDIA H100 80GB HBM3", None) == 989e12
     assert peak_flops("NVIDIA H100 PCIe", None) == 756e12
     assert peak_flops("Some GPU", 100.0) == 100e12 and peak_flops("Some GPU", None) is None
+
+
+def test_msp_labels_bench_reads_a_generated_release(isolated):
+    out = bench_msp_labels(isolated / "bench", n_clips=500)
+    assert out["clips"] == 500 and 5 * 500 <= out["annotations"] <= 7 * 500 and out["unparseable"] == 0
+    assert out["parse_s"] > 0 and out["soft_labels_s"] > 0

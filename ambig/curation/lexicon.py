@@ -1,6 +1,7 @@
 """A small hand-written emotion lexicon: the text half of the template curator.
 
-Common English cue words for the six classes (IEMOCAP uses the first four). Matching is on whole words,
+Common English cue words for the six classes (IEMOCAP uses the first four), and MSP-Podcast's surprise and
+contempt. Matching is on whole words,
 case-insensitive, without stemming (inflections are listed) and without negation handling ("not happy"
 still reports 'happy'): the template only needs what the words *could* suggest, and Step 1 says when they
 point several ways. The lists are disjoint, so one word is evidence for one class only.
@@ -18,6 +19,8 @@ from __future__ import annotations
 import re
 
 CLASSES6 = ("neutral", "happy", "sad", "angry", "disgust", "fear")
+# Every class the lexicon has words for: CREMA-D's six and MSP-Podcast's other two.
+LEXICON_CLASSES = (*CLASSES6, "surprise", "contempt")
 
 LEXICON: dict[str, tuple[str, ...]] = {
     "neutral": (
@@ -51,6 +54,16 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "afraid", "scared", "scary", "terrified", "frightened", "fear", "worried", "worry", "nervous",
         "anxious", "panic", "help", "danger", "dangerous", "careful", "hide", "nightmare", "threat",
         "creepy", "trembling", "shaking", "emergency", "terrifying", "frightening",
+    ),
+    "surprise": (
+        "surprised", "surprise", "surprising", "shocked", "shocking", "whoa", "omg", "unexpected",
+        "unexpectedly", "suddenly", "astonished", "astonishing", "amazed", "stunned", "expect", "expected",
+        "startled", "speechless", "astounded", "astounding", "jeez", "gosh", "huh", "bewildered",
+    ),
+    "contempt": (
+        "whatever", "beneath", "loser", "losers", "clueless", "pfft", "amateur", "amateurs", "inferior",
+        "worthless", "laughable", "pitiful", "scoff", "sneer", "mediocre", "incompetent", "smug",
+        "condescending", "arrogant", "snob", "snobs", "lame", "dismissive", "ignorant", "trivial", "unworthy",
     ),
 }  # fmt: skip
 
@@ -89,9 +102,9 @@ def strip_tags(transcript: str) -> str:
 
 
 def lexical_cues(transcript: str) -> dict[str, list[str]]:
-    """Cue words per class, every class of ``CLASSES6`` present (empty list when none), each list in order
-    of first occurrence without repeats; emotional noise tags appear under their cue name."""
-    out: dict[str, list[str]] = {c: [] for c in CLASSES6}
+    """Cue words per class, every class of ``LEXICON_CLASSES`` present (empty list when none), each list in
+    order of first occurrence without repeats; emotional noise tags appear under their cue name."""
+    out: dict[str, list[str]] = {c: [] for c in LEXICON_CLASSES}
     for token in _TOKEN_RE.findall(_normalise(transcript or "")):
         if token.startswith("["):
             tag = " ".join(token.strip("[]").replace("_", " ").split())

@@ -7,10 +7,12 @@ follows the paper's rules (METHOD.md, "Structured CoT"): keywords; the words' me
 prosody in professional terms with the cues for the majority AND the minority labels; a synthesis from
 which a reader can predict the distribution (it ends by stating it, in whole percents).
 
-Prosody words are tied to labels by a fixed table (``COMPATIBLE``): loud, fast, high, wide-ranging speech
-fits angry, happy and fear; quiet, slow, low, flat speech fits sad and neutral; disgust sits low to
-moderate, slow and hesitant. Everything is deterministic: the same record, audio and norm give the same
-text.
+Prosody words are tied to labels by a fixed table (``COMPATIBLE``): loud, fast, high, wide-ranging speech fits
+angry, happy and fear; quiet, slow, low, flat speech fits sad and neutral; disgust sits low to moderate, slow
+and hesitant. MSP-Podcast's two further classes come last in each entry (so the six classes' texts are
+unchanged): surprise with raised, quick, high, wide-ranging, hesitant speech; contempt with quiet to moderate,
+slow or steady, low, flat or varied, fluent speech. Everything is deterministic: the same record, audio and
+norm give the same text.
 """
 
 from __future__ import annotations
@@ -37,35 +39,35 @@ MINORITY_SHARE = Fraction(1, 10)
 # Labels each prosody word is consistent with, most typical first (classes outside a corpus are dropped).
 COMPATIBLE: dict[str, dict[str, tuple[str, ...]]] = {
     "volume": {
-        "quiet": ("sad", "neutral", "disgust"),
-        "moderate": ("neutral", "disgust", "happy"),
-        "raised": ("happy", "angry", "fear"),
-        "loud": ("angry", "happy", "fear"),
+        "quiet": ("sad", "neutral", "disgust", "contempt"),
+        "moderate": ("neutral", "disgust", "happy", "contempt"),
+        "raised": ("happy", "angry", "fear", "surprise"),
+        "loud": ("angry", "happy", "fear", "surprise"),
     },
     "speed": {
-        "slow": ("sad", "disgust", "neutral"),
-        "steady": ("neutral", "disgust"),
-        "quick": ("happy", "fear", "angry"),
-        "fast": ("angry", "fear", "happy"),
+        "slow": ("sad", "disgust", "neutral", "contempt"),
+        "steady": ("neutral", "disgust", "contempt"),
+        "quick": ("happy", "fear", "angry", "surprise"),
+        "fast": ("angry", "fear", "happy", "surprise"),
     },
     "pitch": {
-        "low": ("sad", "disgust", "neutral"),
-        "normal": ("neutral", "disgust"),
-        "elevated": ("happy", "angry", "fear"),
-        "high": ("fear", "happy", "angry"),
+        "low": ("sad", "disgust", "neutral", "contempt"),
+        "normal": ("neutral", "disgust", "contempt"),
+        "elevated": ("happy", "angry", "fear", "surprise"),
+        "high": ("fear", "happy", "angry", "surprise"),
     },
     "tone": {
-        "flat": ("neutral", "sad", "disgust"),
-        "varied": ("happy", "angry", "disgust"),
-        "wide-ranging": ("happy", "fear", "angry"),
+        "flat": ("neutral", "sad", "disgust", "contempt"),
+        "varied": ("happy", "angry", "disgust", "contempt"),
+        "wide-ranging": ("happy", "fear", "angry", "surprise"),
     },
     "pauses": {
-        "fluent": ("neutral", "angry", "happy"),
-        "hesitant": ("sad", "fear", "disgust"),
+        "fluent": ("neutral", "angry", "happy", "contempt"),
+        "hesitant": ("sad", "fear", "disgust", "surprise"),
     },
 }
 # How much a prosody word counts toward the voice's lean, by the label's place in its COMPATIBLE entry.
-LEAN_WEIGHTS = (1.0, 0.6, 0.3)
+LEAN_WEIGHTS = (1.0, 0.6, 0.3, 0.2)
 # The noun each dimension's word qualifies ("loud volume", "hesitant delivery").
 NOUNS = {"volume": "volume", "speed": "speed", "pitch": "pitch", "tone": "tone", "pauses": "delivery"}
 

@@ -7,7 +7,7 @@ seeded RNG so the split is reproducible and never shares a speaker/session with 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ambig.data.records import Record
@@ -78,12 +78,50 @@ def fixed_split(records: Sequence[Record]) -> FoldSplit:
     )
 
 
+def balanced_speaker_groups(clips_per_speaker: Mapping[str, int], n_folds: int, seed: int) -> dict[str, str]:
+    """Deal speakers into ``n_folds`` groups (``speakers1``..) of about the same number of clips.
+
+    Speakers go largest first (ties in a seeded random order) to the group with the fewest clips so far (ties:
+    the lowest-numbered), so a group's clip count exceeds another's by at most the largest speaker's. Names
+    are zero-padded when ``n_folds >= 10`` so they sort by number.
+    """
+    if not 2 <= n_folds <= len(clips_per_speaker):
+        raise ValueError(
+            f"n_folds={n_folds} must be between 2 and the number of speakers ({len(clips_per_speaker)})"
+        )
+    speakers = sorted(clips_per_speaker)
+    random.Random(seed).shuffle(speakers)
+    speakers.sort(key=lambda s: -clips_per_speaker[s])  # stable: the shuffle breaks ties
+    width = len(str(n_folds))
+    load = [0] * n_folds
+    groups = {}
+    for speaker in speakers:
+        k = min(range(n_folds), key=lambda g: (load[g], g))
+        load[k] += clips_per_speaker[speaker]
+        groups[speaker] = f"speakers{k + 1:0{width}d}"
+    return dict(sorted(groups.items()))
+
+
+FOLD_METHODS = ("leave_one_unit_out", "fixed", "release", "speaker_kfold")
+
+
 def make_split(
     records: Sequence[Record], fold: int, *, method: str = "leave_one_unit_out", seed: int = 0, **options
 ) -> FoldSplit:
-    """The split a dataset config asks for (`dataset.folds.method`)."""
+    """The split a dataset config asks for (`dataset.folds.method`).
+
+    ``fixed`` and ``release``: the split the corpus gives (sessions train/dev/test; ``release`` is
+    MSP-Podcast's Split_Set, any ``n_folds``/``n_val`` are for its ``speaker_kfold``). ``speaker_kfold``: test
+    on the corpus's ``fold``-th speaker group (of ``n_folds``), validate on ``n_val`` speakers drawn from the
+    others.
+    """
     if method == "leave_one_unit_out":
         return leave_one_unit_out(records, fold, seed=seed, **options)
-    if method == "fixed":
+    if method in ("fixed", "release"):
         return fixed_split(records)
-    raise ValueError(f"unknown fold method {method!r}; expected leave_one_unit_out or fixed")
+    if method == "speaker_kfold":
+        n_folds = int(options.pop("n_folds"))
+        if not 1 <= fold <= n_folds:
+            raise ValueError(f"fold {fold} out of range: speaker_kfold has folds 1..{n_folds}")
+        return leave_one_unit_out(records, fold, unit="session", val_unit="speaker", seed=seed, **options)
+    raise ValueError(f"unknown fold method {method!r}; expected one of {FOLD_METHODS}")

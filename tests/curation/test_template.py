@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ambig.curation.acoustics import AcousticCues, measure
-from ambig.curation.lexicon import CLASSES6, LEXICON, lexical_cues, strip_tags
+from ambig.curation.lexicon import CLASSES6, LEXICON, LEXICON_CLASSES, lexical_cues, strip_tags
 from ambig.curation.template import PROMPT_VERSION, curate, speaker_norms, template_cot
 from ambig.data.audio import load_audio
 from ambig.data.crema_d import SENTENCES
@@ -253,7 +253,7 @@ def test_speaker_norms_are_nan_aware_means():
 
 
 def test_lexicon():
-    assert set(LEXICON) == set(CLASSES6)
+    assert set(LEXICON) == set(LEXICON_CLASSES) == {*CLASSES6, "surprise", "contempt"}
     for c, words in LEXICON.items():
         assert 20 <= len(words) <= 40, c
         assert len(set(words)) == len(words)
@@ -265,7 +265,7 @@ def test_lexicon():
     assert "breathing" in cues["sad"] and "breathing" in cues["fear"]
     assert cues["neutral"] == [] and cues["disgust"] == []
     assert strip_tags("hello [LAUGHTER] there [GARBAGE]") == "hello there"
-    assert lexical_cues("") == {c: [] for c in CLASSES6}
+    assert lexical_cues("") == {c: [] for c in LEXICON_CLASSES}
     assert lexical_cues("I\u2019m sorry")["sad"] == ["sorry"]
     # CREMA-D's sentences are emotionally neutral by design: no cue other than neutral may fire.
     for sentence in SENTENCES.values():
