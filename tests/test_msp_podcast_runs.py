@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fixtures.openai_server import FakeChatServer
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from ambig.curate import run as curate
@@ -175,3 +176,16 @@ def test_the_dataset_card_from_the_config(corpora):
     out = card(instantiate(kfold.dataset.corpus), kfold.dataset.folds, kfold.seed, 5, check_audio=False)
     assert set(out["fold_sizes"]) == {"1", "2", "3", "4", "5"}
     assert all(isinstance(s, dict) and s["test"] > 0 for s in out["fold_sizes"].values())
+
+
+def test_the_test_split_is_chosen_in_the_config(corpora):
+    cfg = make_cfg(
+        "train", "dataset=msp_podcast", f"dataset.root={corpora['msp_podcast']}", "dataset.test_split=Test2"
+    )
+    test = [r for r in instantiate(cfg.dataset.corpus).records() if r.session == "test"]
+    assert len(test) == 4 and {r.extra["split"] for r in test} == {"Test2"}
+    cfg = make_cfg(
+        "train", "dataset=msp_podcast", f"dataset.root={corpora['msp_podcast']}", "dataset.test_split=Test3"
+    )
+    with pytest.raises(InstantiationException, match="Test3's labels are not released"):
+        instantiate(cfg.dataset.corpus)
