@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from fixtures.corpus_runs import write_corpora
 from hydra import compose, initialize_config_dir
 from transformers import WhisperFeatureExtractor
 
 from ambig.data.audio import AudioError
 from ambig.data.features import FeatureStore, extract
-from ambig.data.fixtures.crema_d import write_crema_d_fixture
 from ambig.data.fixtures.iemocap import MISSING_WAV, write_iemocap_fixture
 from ambig.data.inspect import card
 from ambig.data.mapping import restrict_votes, shared_classes
@@ -28,11 +28,7 @@ QUICK = ["experiment=quick", "logger=none", "trainer.enable_progress_bar=false"]
 
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):
-    base = tmp_path_factory.mktemp("corpora")
-    return {
-        "iemocap": write_iemocap_fixture(base / "iemocap"),
-        "crema_d": write_crema_d_fixture(base / "crema_d"),
-    }
+    return write_corpora(tmp_path_factory.mktemp("corpora"))
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fixtures.corpus_runs import write_corpora
 from fixtures.openai_server import FakeChatServer
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
@@ -15,9 +16,6 @@ from hydra.utils import instantiate
 
 from ambig.curate import run as curate
 from ambig.curation.store import load_cots
-from ambig.data.fixtures.crema_d import write_crema_d_fixture
-from ambig.data.fixtures.iemocap import write_iemocap_fixture
-from ambig.data.fixtures.msp_podcast import write_msp_podcast_fixture
 from ambig.data.inspect import card
 from ambig.data.msp_podcast import CLASSES
 from ambig.evaluate import evaluate
@@ -32,12 +30,7 @@ SIX = ["neutral", "happy", "sad", "angry", "disgust", "fear"]
 
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):
-    base = tmp_path_factory.mktemp("corpora")
-    return {
-        "msp_podcast": write_msp_podcast_fixture(base / "msp_podcast"),
-        "iemocap": write_iemocap_fixture(base / "iemocap"),
-        "crema_d": write_crema_d_fixture(base / "crema_d"),
-    }
+    return write_corpora(tmp_path_factory.mktemp("corpora"), ("msp_podcast", "iemocap", "crema_d"))
 
 
 @pytest.fixture(autouse=True)

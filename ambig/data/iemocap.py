@@ -28,8 +28,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from ambig.data.parsed_corpus import ParsedCorpus
 from ambig.data.records import Record, Skip
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def parse_transcription(text: str) -> dict[str, tuple[float, float, str]]:
     return out
 
 
-class IEMOCAPCorpus:
+class IEMOCAPCorpus(ParsedCorpus):
     """``dataset=iemocap``: the 4-class soft-label records of a local ``IEMOCAP_full_release`` copy.
 
     Options (see ``docs/iemocap-format.md`` section 6 for prior practice):
@@ -227,31 +227,6 @@ class IEMOCAPCorpus:
             if not chosen or any(s not in SESSIONS for s in chosen):
                 raise ValueError(f"sessions must be a non-empty subset of {list(SESSIONS)}, got {sessions!r}")
             self.sessions = tuple(chosen)
-        self._records: list[Record] | None = None
-        self._skipped: list[Skip] = []
-        self._stats: dict[str, Any] = {}
-
-    # -- public -----------------------------------------------------------------------------------
-
-    def records(self) -> list[Record]:
-        """The selected utterances, sorted by id; fills ``skipped`` and ``card_stats``."""
-        if self._records is None:
-            self._load()
-        assert self._records is not None
-        return list(self._records)
-
-    @property
-    def skipped(self) -> list[Skip]:
-        """Utterances left out by ``records()`` and why (no 4-class vote, no transcription, no wav)."""
-        if self._records is None:
-            self._load()
-        return list(self._skipped)
-
-    def card_stats(self) -> dict[str, Any]:
-        """Numbers for the dataset card (computed by ``records()``; loads the corpus if needed)."""
-        if self._records is None:
-            self._load()
-        return dict(self._stats)
 
     # -- internals --------------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ambig.data.folds import balanced_speaker_groups
+from ambig.data.parsed_corpus import ParsedCorpus
 from ambig.data.records import Record, Skip
 
 log = logging.getLogger(__name__)
@@ -357,7 +358,7 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
-class MSPPodcastCorpus:
+class MSPPodcastCorpus(ParsedCorpus):
     """``dataset=msp_podcast``: soft-label records of a local MSP-Podcast release.
 
     ``folds``: ``release`` (default) uses the release's ``Split_Set``: each record's session is ``train``
@@ -423,29 +424,6 @@ class MSPPodcastCorpus:
         self.n_folds = int(n_folds)
         self.fold_seed = int(fold_seed)
         self.allow_speaker_overlap = bool(allow_speaker_overlap)
-        self._records: list[Record] | None = None
-        self._skipped: list[Skip] = []
-        self._stats: dict[str, Any] = {}
-
-    # -- public -----------------------------------------------------------------------------------
-
-    def records(self) -> list[Record]:
-        """The usable clips of the used splits, sorted by id; fills ``skipped`` and ``card_stats``."""
-        if self._records is None:
-            self._load()
-        assert self._records is not None
-        return list(self._records)
-
-    @property
-    def skipped(self) -> list[Skip]:
-        """Clips left out by ``records()`` and why."""
-        self.records()
-        return list(self._skipped)
-
-    def card_stats(self) -> dict[str, Any]:
-        """Numbers for the dataset card (computed by ``records()``)."""
-        self.records()
-        return dict(self._stats)
 
     def soft_votes(self, annotations: Sequence[Annotation]) -> tuple[list[float], dict[str, float]]:
         """(vote mass per class of ``self.classes``, counters) of one clip's annotations."""
