@@ -21,11 +21,11 @@ default; with ``secondary_weight`` = w > 0 each annotator's secondary emotions w
 their own primary, add w each. Clips whose consensus is ``X`` (no agreement) keep their distribution unless
 listed in ``drop_consensus``.
 
-Order of the per-clip checks (the first that fails decides the ``Skip`` reason): unknown split or consensus
-code -> not in a used split or dropped by ``drop_consensus`` (not a skip, only counted) -> unparseable
-labels_detailed entry -> no annotator votes -> no vote among the classes -> missing audio file. A missing
-transcript is not a skip: the transcript is empty, counted. A labels_detailed entry without a consensus row is
-skipped (its split is unknown).
+Order of the per-clip checks (the first that fails decides the ``Skip`` reason): unknown split -> not in a
+used split (not a skip, only counted) -> unknown consensus code -> dropped by ``drop_consensus`` (counted) ->
+unparseable labels_detailed entry -> no annotator votes -> no vote among the classes -> missing audio file. A
+missing transcript is not a skip: the transcript is empty, counted. A labels_detailed entry without a
+consensus row is skipped (its split is unknown).
 """
 
 from __future__ import annotations
@@ -498,11 +498,11 @@ class MSPPodcastCorpus(ParsedCorpus):
             if split is None:
                 skipped.append(Skip(cid, f"{UNKNOWN_SPLIT} {info.split!r}"))
                 continue
+            if split not in used:  # first: Test3's rows carry no released label to check
+                excluded_by_split[split] += 1
+                continue
             if info.code not in CODES:
                 skipped.append(Skip(cid, f"{UNKNOWN_CODE} {info.code!r}"))
-                continue
-            if split not in used:
-                excluded_by_split[split] += 1
                 continue
             if info.code in self.drop_consensus:
                 excluded_by_consensus[info.code] += 1

@@ -255,3 +255,21 @@ def test_the_dataset_card(releases):
     assert out["clips"] == 36 and out["fold_sizes"]["1"] == {"train": 21, "val": 8, "test": 7}
     assert out["skipped_by_reason"] == {"no vote among the 8 classes": 1, "missing audio file": 1}
     assert out["corpus_stats"]["dropped_vote_mass_share"] > 0
+
+
+def test_unused_splits_are_not_checked_for_a_consensus_code(releases, tmp_path):
+    release = tmp_path / "MSP-Podcast"
+    shutil.copytree(releases["v1.12"], release)
+    consensus = release / "Labels" / "labels_consensus.csv"
+    rows = list(csv.reader(consensus.open()))
+    for row in rows[1:]:
+        if row[7] == "Test3":
+            row[1] = ""  # Test3's labels are not released
+    rows[1][1] = "Q"  # a used clip with a code the release does not have
+    with consensus.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    corpus = MSPPodcastCorpus(release)
+    skips = {s.id: s.reason for s in corpus.skipped}
+    assert skips[rows[1][0][:-4]] == "unknown consensus code 'Q'"
+    assert not any("consensus code ''" in r for r in skips.values())
+    assert corpus.card_stats()["excluded_by_split"]["Test3"] == 3
