@@ -400,6 +400,7 @@ class MSPPodcastCorpus(ParsedCorpus):
         self.other_votes = _check_choice("other_votes", other_votes, OTHER_VOTES)
         self.selected = chosen
         self.classes = chosen + ((OTHER,) if self.other_votes == "keep" else ())
+        self._index = {c: i for i, c in enumerate(self.classes)}
         self.secondary_weight = float(secondary_weight)
         if not math.isfinite(self.secondary_weight) or self.secondary_weight < 0:
             raise ValueError(f"secondary_weight={secondary_weight}: expected a finite weight >= 0")
@@ -427,7 +428,7 @@ class MSPPodcastCorpus(ParsedCorpus):
 
     def soft_votes(self, annotations: Sequence[Annotation]) -> tuple[list[float], dict[str, float]]:
         """(vote mass per class of ``self.classes``, counters) of one clip's annotations."""
-        index = {c: i for i, c in enumerate(self.classes)}
+        index = self._index
         votes = [0.0] * len(self.classes)
         counts = Counter()
         for a in annotations:
@@ -436,7 +437,7 @@ class MSPPodcastCorpus(ParsedCorpus):
                 counts["no_primary"] += 1
                 continue
             counts["annotators"] += 1
-            if primary in index and primary != OTHER:
+            if primary in index:  # one of the selected classes (never `other`: no primary word maps to it)
                 votes[index[primary]] += 1.0
             else:
                 counts["outside"] += 1
@@ -489,9 +490,7 @@ class MSPPodcastCorpus(ParsedCorpus):
         excluded_by_consensus: Counter[str] = Counter()
         unrecognised: Counter[str] = Counter()
         totals: Counter[str] = Counter()
-        for cid in sorted(set(annotations) - set(consensus)):
-            skipped.append(Skip(cid, NO_CONSENSUS))
-        for cid in sorted(set(unparseable) - set(consensus)):
+        for cid in sorted((annotations.keys() | unparseable.keys()) - consensus.keys()):
             skipped.append(Skip(cid, NO_CONSENSUS))
         for cid, info in sorted(consensus.items()):
             split = normalise_split(info.split)
