@@ -38,7 +38,7 @@ def test_every_strategy_gives_distributions_and_counts_its_compute(tiny_lora, bu
         assert all(isinstance(t, str) for t in out.texts)
     if name == "vote":  # frequencies of 3 answers
         assert torch.allclose(out.q * 3, (out.q * 3).round(), atol=1e-5)
-    if name in ("weighted_best_of_n", "verifier"):  # one scoring pass per trajectory on top of generation
+    if name in ("best_of_n", "weighted_best_of_n", "verifier_best_of_n", "verifier"):  # + a pass each
         assert (out.forwards >= out.tokens + 3).all()
 
 
@@ -77,6 +77,66 @@ def test_verifier_scores_are_the_models_p_yes_after_the_verification_turn(tiny_l
     yes, no = yes_no_ids(builder)
     expected = torch.softmax(logits[[yes, no]].float(), dim=-1)[0]
     torch.testing.assert_close(scores[1, 1], expected, atol=1e-5, rtol=0)
+
+
+def _mean_logp_by_hand(model, batch, tokens, truncated, end_id, clip):
+    """Mean log-likelihood of one trajectory of clip `clip`, from one unbatched forward of prompt + it."""
+    from ambig.model.audio_encoding import audio_inputs
+    from ambig.rollout import prompt_rows
+
+    head = prompt_rows(batch)[clip]
+    tail = tokens if truncated else [*tokens, end_id]
+    ids = torch.tensor([head + tail])
+    one = {k: v[clip : clip + 1] for k, v in batch.items() if k in ("input_features", "feature_attention_mask")}
+    with torch.no_grad():
+        logits = model(**audio_inputs(model, ids, one)).logits[0].float()
+    logp = torch.log_softmax(logits[len(head) - 1 : -1], dim=-1)
+    return logp.gather(-1, torch.tensor(tail)[:, None]).mean().item()
+
+
+def test_best_of_n_is_the_read_out_of_the_most_likely_trajectory(tiny_lora, builder, examples):
+    from ambig.rollout import sample
+
+    model, _ = tiny_lora
+    batch = builder.for_evaluation()(examples[:2])
+    torch.manual_seed(6)
+    out = run_tts(model, batch, builder, tts("best_of_n", n=3))
+    torch.manual_seed(6)  # the same trajectories, sampled again
+    again = sample(model, batch, builder, n=3, max_new_tokens=6, temperature=1.0, top_p=1.0)
+    q_all = again.log_q.exp() / again.log_q.exp().sum(-1, keepdim=True)
+    for clip in range(2):
+        rows = range(clip * 3, clip * 3 + 3)
+        means = [
+            _mean_logp_by_hand(model, batch, again.tokens[r], bool(again.truncated[r]), builder.end_id, clip)
+            for r in rows
+        ]
+        best = clip * 3 + max(range(3), key=lambda j: means[j])
+        torch.testing.assert_close(out.q[clip], q_all[best].float(), atol=1e-5, rtol=0)
+        assert out.texts[clip] == again.texts[best]  # the text shown is the chosen trajectory's
+
+
+def test_verifier_best_of_n_is_the_read_out_of_the_trajectory_rated_highest(tiny_lora, builder, examples):
+    from ambig.rollout import sample
+    from ambig.tts.strategies import verifier_scores
+
+    model, _ = tiny_lora
+    batch = builder.for_evaluation()(examples[:2])
+    torch.manual_seed(7)
+    out = run_tts(model, batch, builder, tts("verifier_best_of_n", n=3))
+    torch.manual_seed(7)
+    again = sample(model, batch, builder, n=3, max_new_tokens=6, temperature=1.0, top_p=1.0)
+    p_yes = verifier_scores(model, batch, builder, again, 3)
+    q_all = again.log_q.exp() / again.log_q.exp().sum(-1, keepdim=True)
+    for clip in range(2):
+        best = clip * 3 + int(p_yes[clip].argmax())
+        torch.testing.assert_close(out.q[clip], q_all[best].float(), atol=1e-5, rtol=0)
+    # one trajectory: both selection strategies give that trajectory's read-out
+    for name in ("best_of_n", "verifier_best_of_n"):
+        torch.manual_seed(4)
+        one = run_tts(model, batch, builder, tts(name, n=1))
+        torch.manual_seed(4)
+        single = run_tts(model, batch, builder, tts("self_consistency", n=1))
+        torch.testing.assert_close(one.q, single.q)
 
 
 def test_unknown_strategy_is_refused(tiny_lora, builder, examples):

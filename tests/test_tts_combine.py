@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ambig.tts.combine import likelihood_weights, mean_readout, vote, weighted
+from ambig.tts.combine import best_index, best_of, likelihood_weights, mean_readout, vote, weighted
 
 HAPPY, SAD = [0.1, 0.7, 0.2, 0.0], [0.1, 0.2, 0.6, 0.1]  # classes: neutral, happy, sad, angry
 
@@ -37,7 +37,18 @@ def test_likelihood_weights_are_a_softmax_of_length_normalised_logps():
     torch.testing.assert_close(weighted(q[:1], likelihood_weights(logps[:1], lengths[:1], 1.0)), q[0])
 
 
+def test_best_of_is_the_read_out_of_the_highest_score_ties_to_the_first():
+    q = torch.tensor([HAPPY, SAD, HAPPY])
+    torch.testing.assert_close(best_of(q, torch.tensor([0.2, 0.9, 0.1])), torch.tensor(SAD))
+    assert best_index(torch.tensor([-1.0, -0.5, -0.5])) == 1
+    torch.testing.assert_close(best_of(q[:1], torch.tensor([-3.0])), torch.tensor(HAPPY))
+
+
 def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="without NaN"):
+        best_of(torch.tensor([HAPPY, SAD]), torch.tensor([0.5, float("nan")]))
+    with pytest.raises(ValueError, match="need 2 scores"):
+        best_of(torch.tensor([HAPPY, SAD]), torch.tensor([0.5]))
     with pytest.raises(ValueError, match="temperature"):
         likelihood_weights(torch.zeros(2), torch.ones(2), 0.0)
     with pytest.raises(ValueError, match="non-negative weights"):

@@ -36,6 +36,22 @@ def likelihood_weights(logps: Tensor, lengths: Tensor, temperature: float) -> Te
     return torch.softmax(logps / lengths / temperature, dim=0)
 
 
+def best_index(scores: Tensor) -> int:
+    """The trajectory with the highest score (ties: the first). A NaN score is refused: it would win or lose
+    every comparison silently."""
+    if scores.dim() != 1 or scores.shape[0] < 1 or torch.isnan(scores).any():
+        raise ValueError(f"need N >= 1 scores without NaN, got {scores}")
+    return int(torch.argmax(scores))
+
+
+def best_of(q: Tensor, scores: Tensor) -> Tensor:
+    """The read-out of the single trajectory with the highest score (best-of-N, verifier best-of-N)."""
+    _check(q)
+    if scores.shape != (q.shape[0],):
+        raise ValueError(f"need {q.shape[0]} scores, got shape {tuple(scores.shape)}")
+    return q[best_index(scores)]
+
+
 def weighted(q: Tensor, weights: Tensor) -> Tensor:
     """sum_i w_i q_i with weights normalised to 1 (weighted best-of-N, verifier)."""
     _check(q)

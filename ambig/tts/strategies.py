@@ -6,9 +6,13 @@
 - `vote`: N sampled trajectories, q = the frequencies of their answers (argmax of each read-out).
 - `weighted_best_of_n`: N sampled trajectories, read-outs weighted by softmax(length-normalised
   log-likelihood / temperature); N = 1 gives that trajectory's read-out.
+- `best_of_n`: N sampled trajectories, the read-out of the one with the highest length-normalised
+  log-likelihood (the benchmark's Best-of-N).
 - `verifier`: N sampled trajectories, each then checked by the model itself (a user turn asks whether the
   analysis is consistent with the audio; p(yes) = softmax over the first tokens of "yes" and "no"), read-outs
   weighted by p(yes).
+- `verifier_best_of_n`: the same checks, the read-out of the trajectory with the highest p(yes) (the
+  benchmark's ALM verifier; `verifier` is its weighted verifier).
 
 Compute is counted per clip: generated tokens, and forward passes (one per generated token, plus a read-out
 appended after a trajectory without the answer prefix, plus one scoring pass per trajectory for the
@@ -26,10 +30,28 @@ from ambig.model.inputs import BatchBuilder, completion_batch
 from ambig.model.prompt import verification_turn
 from ambig.rollout import completions, decode, expand, last_logits, read_after, sample
 from ambig.scoring import completion_logps, masked_sum
-from ambig.tts.combine import likelihood_weights, mean_readout, vote, weighted
+from ambig.tts.combine import best_index, likelihood_weights, mean_readout, vote, weighted
 
-TTS_STRATEGIES = ("direct", "cot_greedy", "self_consistency", "vote", "weighted_best_of_n", "verifier")
-SAMPLED = ("self_consistency", "vote", "weighted_best_of_n", "verifier")
+TTS_STRATEGIES = (
+    "direct",
+    "cot_greedy",
+    "self_consistency",
+    "vote",
+    "best_of_n",
+    "weighted_best_of_n",
+    "verifier_best_of_n",
+    "verifier",
+)
+SAMPLED = TTS_STRATEGIES[2:]
+SELECTING = ("best_of_n", "verifier_best_of_n")  # q is one chosen trajectory's read-out
+# ours -> the benchmark's five (arXiv 2602.03873); self_consistency, vote and direct are ours alone
+BENCHMARK_NAMES = {
+    "cot_greedy": "chain-of-thought prompting",
+    "best_of_n": "Best-of-N",
+    "weighted_best_of_n": "weighted Best-of-N",
+    "verifier_best_of_n": "ALM verifier",
+    "verifier": "weighted ALM verifier",
+}
 
 
 @dataclass
@@ -72,6 +94,7 @@ def run_tts(model, batch: dict, builder: BatchBuilder, tts: dict) -> TTSOutput:
         forwards = tokens + out.fallback.float()
         return TTSOutput(normalised(out.log_q), out.texts, tokens, forwards, out.answered, out.truncated)
     n = int(tts["n"])
+    shown = [0] * n_clips  # the trajectory whose text is reported per clip: the first, or the one chosen
     sampling = {"max_new_tokens": int(tts["max_new_tokens"]), "temperature": float(tts["temperature"])}
     out = sample(model, batch, builder, n=n, top_p=float(tts["top_p"]), **sampling)
     q_all = normalised(out.log_q).view(n_clips, n, -1)
@@ -81,19 +104,25 @@ def run_tts(model, batch: dict, builder: BatchBuilder, tts: dict) -> TTSOutput:
         q = torch.stack([mean_readout(q_all[c]) for c in range(n_clips)])
     elif tts["name"] == "vote":
         q = torch.stack([vote(q_all[c]) for c in range(n_clips)])
-    elif tts["name"] == "verifier":
+    elif tts["name"] in ("verifier", "verifier_best_of_n"):
         p_yes = verifier_scores(model, batch, builder, out, n)
-        q = torch.stack([weighted(q_all[c], p_yes[c]) for c in range(n_clips)])
+        if tts["name"] == "verifier":
+            q = torch.stack([weighted(q_all[c], p_yes[c]) for c in range(n_clips)])
+        else:
+            shown = [best_index(p_yes[c]) for c in range(n_clips)]
         forwards = forwards + n  # one verification pass per trajectory
-    else:
+    else:  # best_of_n, weighted_best_of_n: scored by the length-normalised log-likelihood
         logps, scored = trajectory_logps(model, batch, builder, out, n)
-        weights = [
-            likelihood_weights(logps[c], scored[c], float(tts["likelihood_temperature"]))
-            for c in range(n_clips)
-        ]
-        q = torch.stack([weighted(q_all[c], weights[c]) for c in range(n_clips)])
+        if tts["name"] == "best_of_n":
+            shown = [best_index(logps[c] / scored[c]) for c in range(n_clips)]
+        else:
+            temperature = float(tts["likelihood_temperature"])
+            weights = [likelihood_weights(logps[c], scored[c], temperature) for c in range(n_clips)]
+            q = torch.stack([weighted(q_all[c], weights[c]) for c in range(n_clips)])
         forwards = forwards + n  # one scoring pass per trajectory
-    texts = [out.texts[c * n] for c in range(n_clips)]
+    if tts["name"] in SELECTING:  # q and the text shown are those of the chosen trajectory
+        q = torch.stack([q_all[c, shown[c]] for c in range(n_clips)])
+    texts = [out.texts[c * n + shown[c]] for c in range(n_clips)]
     return TTSOutput(q, texts, lengths.sum(1), forwards, out.answered, out.truncated)
 
 
