@@ -166,11 +166,7 @@ def bench_dpo(
         """Rollouts of a pipeline that extracts the features again from the waveform for every rollout."""
         wide = expand(batch, strategy.num_rollouts)
         feats = [extract(extractor, waves[uid], rate) for uid in wide["ids"]]
-        wide["input_features"] = torch.from_numpy(np.stack([f.mel for f in feats]))
-        mask = torch.zeros(wide["feature_attention_mask"].shape, dtype=torch.long)
-        for i, f in enumerate(feats):
-            mask[i, : f.n_frames] = 1
-        wide["feature_attention_mask"] = mask
+        wide.update(builder.audio_format.collate(feats))
         strategy.model.eval()
         try:
             return decode(strategy.model, wide, builder, do_sample=True, **strategy.rollout)
@@ -208,7 +204,7 @@ def cot_builder(cfg, processor):
         cot=True,
         ce_answer_word=cfg.loss.ce_answer_word,
         sample_rate=cfg.model.sample_rate,
-        template=model_family(cfg.model).template,
+        family=model_family(cfg.model),
     )
 
 

@@ -32,7 +32,7 @@ from ambig.cli import user_errors
 from ambig.config import ConfigError
 from ambig.model.family import model_family
 from ambig.model.load import load_model
-from ambig.model.prompt import ANSWER_PREFIX, chat_prompt
+from ambig.model.prompt import ANSWER_PREFIX
 
 log = logging.getLogger(__name__)
 EXPORT_FILE = "ambig_export.json"
@@ -155,7 +155,7 @@ def export(run: str | Path, out: str | Path, merge: bool = True) -> Path:
     model, processor = trained_model(cfg, checkpoint)
     if not merge and not hasattr(model, "peft_config"):
         raise ConfigError(f"merge=false exports an adapter, but run={run_dir} has none (strategy=base?)")
-    prompt = chat_prompt(metrics["classes"], "<transcript>", bool(cfg["cot"]["enabled"]), family.template)
+    prompt = family.prompt(processor, metrics["classes"], "<transcript>", bool(cfg["cot"]["enabled"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:

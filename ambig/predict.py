@@ -82,7 +82,7 @@ class Predictor:
             cot=self.cot,
             ce_answer_word=False,
             sample_rate=cfg.model.sample_rate,
-            template=model_family(cfg.model).template,
+            family=model_family(cfg.model),
         ).for_evaluation()
         holder = BaseStrategy(model, self.builder, optim={}, decoding={}, loss={}, name="predict")
         if cfg.strategy.name != "base" and exported is None:  # a trained run: its weights

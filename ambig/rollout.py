@@ -16,7 +16,7 @@ import torch
 
 from ambig.generation import pinned, pinned_config
 from ambig.model.audio_encoding import audio_inputs
-from ambig.model.inputs import BatchBuilder, audio_token_id, left_pad, positions, prompt_rows
+from ambig.model.inputs import BatchBuilder, audio_keys, audio_token_id, left_pad, positions, prompt_rows
 from ambig.model.readout import answer_position, readout_log
 from ambig.scoring import next_token_logits, transformers_model
 
@@ -35,12 +35,9 @@ class Decoded:
     fallback: torch.Tensor
 
 
-def generation_audio(batch: dict) -> dict:
-    """The audio arguments `generate` gets for a batch whose rows carry their own features."""
-    return {
-        "input_features": batch["input_features"],
-        "feature_attention_mask": batch["feature_attention_mask"],
-    }
+def generation_audio(batch: dict, builder: BatchBuilder) -> dict:
+    """The audio arguments `generate` gets for a batch whose rows carry their own audio inputs."""
+    return {k: batch[k] for k in batch.get("audio_keys") or builder.audio_format.keys}
 
 
 @torch.no_grad()
@@ -148,7 +145,7 @@ def decode(
             **(
                 {"past_key_values": past_key_values}
                 if past_key_values is not None
-                else generation_audio(batch)
+                else generation_audio(batch, builder)
             ),
             generation_config=config,
         )
@@ -185,8 +182,9 @@ def decode(
     return Decoded(tokens, texts, log_q, torch.tensor(answered), torch.tensor(truncated), used_fallback)
 
 
-# What a rollout needs, per row: prompt, audio, human distribution (the teacher-forced keys are not copied).
-ROLLOUT_KEYS = ("p", "prompt_ids", "prompt_mask", "input_features", "feature_attention_mask", "clip_index")
+# What a rollout needs, per row: prompt, human distribution and the audio (`audio_keys`; the teacher-forced
+# keys are not copied).
+ROLLOUT_KEYS = ("p", "prompt_ids", "prompt_mask")
 
 
 def expand(batch: dict, n: int) -> dict:
@@ -195,9 +193,12 @@ def expand(batch: dict, n: int) -> dict:
     The audio is the batch's own: features are repeated as they are (nothing is extracted again); encoded
     audio is shared, the rows pointing at their clip through `clip_index`.
     """
-    out = {k: batch[k].repeat_interleave(n, dim=0) for k in ROLLOUT_KEYS if k in batch}
+    per_row = [k for k in (*ROLLOUT_KEYS, *audio_keys(batch)) if k in batch and k != "encoded_audio"]
+    out = {k: batch[k].repeat_interleave(n, dim=0) for k in per_row}
     if "encoded_audio" in batch:
         out["encoded_audio"] = batch["encoded_audio"]
+    if "audio_keys" in batch:
+        out["audio_keys"] = batch["audio_keys"]
     out["ids"] = [uid for uid in batch["ids"] for _ in range(n)]
     return out
 

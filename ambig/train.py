@@ -271,7 +271,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             cot=cfg.cot.enabled,
             ce_answer_word=cfg.loss.ce_answer_word,
             sample_rate=cfg.model.sample_rate,
-            template=model_family(cfg.model).template,
+            family=model_family(cfg.model),
         )
         for classes in (corpus.classes, test_classes)
     )

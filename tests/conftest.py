@@ -233,11 +233,16 @@ def tiny_omni_base(tiny_omni_cfg_factory):
 @pytest.fixture(scope="session")
 def omni_builder(tiny_omni_base):
     """The CoT batch builder of the tiny Omni thinker (its chat template)."""
-    from ambig.model.prompt import QWEN2_5_OMNI
+    from ambig.model.family import FAMILIES
 
     _, processor = tiny_omni_base
     return BatchBuilder(
-        processor, CLASSES, cot=True, ce_answer_word=False, sample_rate=SAMPLE_RATE, template=QWEN2_5_OMNI
+        processor,
+        CLASSES,
+        cot=True,
+        ce_answer_word=False,
+        sample_rate=SAMPLE_RATE,
+        family=FAMILIES["qwen2_5_omni_thinker"],
     )
 
 

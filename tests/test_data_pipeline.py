@@ -147,10 +147,13 @@ def test_feature_cache_hits_equal_the_computed_features(store_factory, tmp_path)
     first = store.get(wav)
     again = store.get(wav)
     assert (store.misses, store.hits) == (1, 1)
-    np.testing.assert_array_equal(first.mel, again.mel)
-    assert first.n_frames == again.n_frames == 120 and not first.cut
+    np.testing.assert_array_equal(first.arrays["input_features"], again.arrays["input_features"])
+    assert first.arrays["feature_attention_mask"].sum() == again.arrays["feature_attention_mask"].sum() == 120
+    assert first.n_tokens == again.n_tokens == 30 and not first.cut
     data, _ = sf.read(str(wav), dtype="float32")
-    np.testing.assert_array_equal(first.mel, extract(store.feature_extractor, data, 16000).mel)
+    np.testing.assert_array_equal(
+        first.arrays["input_features"], extract(store.feature_extractor, data, 16000).arrays["input_features"]
+    )
     assert not list((tmp_path / "feat").rglob("*.tmp")), "no temporary file left behind"
     fresh = store_factory()  # another run: same cache directory, same settings
     fresh.get(wav)
@@ -163,16 +166,18 @@ def test_feature_cache_key_follows_content_and_settings(store_factory, tmp_path)
     before = store.get(wav)
     write_wav(wav, 1.0, freq=440.0)  # same path, new content
     after = store.get(wav)
-    assert store.misses == 2 and not np.array_equal(before.mel, after.mel)
+    assert store.misses == 2 and not np.array_equal(
+        before.arrays["input_features"], after.arrays["input_features"]
+    )
     other = store_factory(chunk_length=2)  # other feature settings: a separate cache
     assert other.cache_dir != store.cache_dir
-    assert other.get(wav).mel.shape[-1] == 200 and other.misses == 1
+    assert other.get(wav).arrays["input_features"].shape[-1] == 200 and other.misses == 1
 
 
 def test_long_clips_are_cut_and_flagged(store_factory, tmp_path):
     wav = write_wav(tmp_path / "long.wav", 5.5)
     features = store_factory(chunk_length=4).get(wav)
-    assert features.cut and features.n_frames == 400
+    assert features.cut and features.arrays["feature_attention_mask"].sum() == 400
 
 
 def test_unreadable_audio_raises_audio_error(store_factory, tmp_path):

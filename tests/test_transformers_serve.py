@@ -22,9 +22,10 @@ from test_train import make_cfg
 from ambig.curation.store import load_cots
 from ambig.data.synthetic import CLASSES
 from ambig.export import export
-from ambig.model.inputs import BatchBuilder, Example, audio_token_count
+from ambig.model.family import FAMILIES
+from ambig.model.inputs import BatchBuilder, Example
 from ambig.model.load import resolve_source
-from ambig.model.prompt import SMOLLM2_AUDIO, instruction, parse_cot
+from ambig.model.prompt import instruction, parse_cot
 from ambig.predict import Predictor
 from ambig.train import run
 
@@ -64,19 +65,22 @@ def test_an_input_audio_part_is_rendered_as_ambigs_prompt(served, mini_base, syn
         8,
     )
     builder = BatchBuilder(
-        processor, CLASSES, cot=True, ce_answer_word=False, sample_rate=16000, template=SMOLLM2_AUDIO
+        processor,
+        CLASSES,
+        cot=True,
+        ce_answer_word=False,
+        sample_rate=16000,
+        family=FAMILIES["smollm2_audio"],
     )
     wave, rate = sf.read(record.audio_path, dtype="float32")
     assert rate == 16000 and len(wave) <= 4 * rate  # within the mini's 4 s window: nothing cut
-    n_frames = builder.features_of(Example(record, wave)).n_frames
-    ours = builder.prompt_ids(record.transcript, n_frames)
+    n_tokens = builder.features_of(Example(record, wave)).n_tokens
+    ours = builder.prompt_ids(record.transcript, n_tokens)
     assert reply["usage"]["prompt_tokens"] == len(ours)
-    assert (
-        ours.count(processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")) == audio_token_count(n_frames) > 20
-    )
+    assert ours.count(processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")) == n_tokens > 20
     assert reply["usage"]["completion_tokens"] == 8 and reply["choices"][0]["message"]["content"].strip()
     text_only = served.chat([{"role": "user", "content": text}], 1)
-    assert text_only["usage"]["prompt_tokens"] < len(ours) - audio_token_count(n_frames) + 1
+    assert text_only["usage"]["prompt_tokens"] < len(ours) - n_tokens + 1
 
 
 def _curate(*args: str, cache: Path, curation: Path, **popen) -> subprocess.Popen:

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from test_train import FAST, make_cfg
 
 from ambig.evaluate import evaluate
+from ambig.model import prompt
 from ambig.train import run
 from ambig.tts.strategies import TTS_STRATEGIES, run_tts
 
@@ -57,7 +58,6 @@ def test_one_trajectory_weighted_equals_its_own_read_out(tiny_lora, builder, exa
 
 def test_verifier_scores_are_the_models_p_yes_after_the_verification_turn(tiny_lora, builder, examples):
     from ambig.model.audio_encoding import audio_inputs
-    from ambig.model.prompt import verification_turn
     from ambig.rollout import prompt_rows, sample
     from ambig.tts.strategies import verifier_scores, yes_no_ids
 
@@ -68,7 +68,8 @@ def test_verifier_scores_are_the_models_p_yes_after_the_verification_turn(tiny_l
     scores = verifier_scores(model, batch, builder, out, 2)
     assert scores.shape == (2, 2) and ((scores > 0) & (scores < 1)).all()
     # row 3 (clip 1, trajectory 1) alone, built by hand
-    turn = builder.tokenizer(verification_turn(), add_special_tokens=False).input_ids
+    turn = builder.tokenizer(prompt.verification_turn(), add_special_tokens=False).input_ids
+    assert builder.verification_ids() == turn  # Qwen2-Audio's ChatML
     head = prompt_rows(batch)[1]
     ids = torch.tensor([head + out.tokens[3] + turn])
     one = {k: v[1:2] for k, v in batch.items() if k in ("input_features", "feature_attention_mask")}
@@ -87,7 +88,9 @@ def _mean_logp_by_hand(model, batch, tokens, truncated, end_id, clip):
     head = prompt_rows(batch)[clip]
     tail = tokens if truncated else [*tokens, end_id]
     ids = torch.tensor([head + tail])
-    one = {k: v[clip : clip + 1] for k, v in batch.items() if k in ("input_features", "feature_attention_mask")}
+    one = {
+        k: v[clip : clip + 1] for k, v in batch.items() if k in ("input_features", "feature_attention_mask")
+    }
     with torch.no_grad():
         logits = model(**audio_inputs(model, ids, one)).logits[0].float()
     logp = torch.log_softmax(logits[len(head) - 1 : -1], dim=-1)

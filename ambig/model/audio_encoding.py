@@ -36,9 +36,19 @@ def _audio_model(model):
     return base.model
 
 
+# the families whose tower output `encode_audio` can cache (the others run their own forward every pass)
+ENCODABLE = ("qwen2_audio", "qwen2_5_omni")
+
+
 def audio_tower_frozen(model) -> bool:
     """True when no parameter of the audio tower trains (its output is then a function of the clip)."""
-    return not any(p.requires_grad for p in _audio_model(model).audio_tower.parameters())
+    tower = family_of(model).towers[0]
+    return not any(p.requires_grad for n, p in model.named_parameters() if f".{tower}." in f".{n}")
+
+
+def can_encode_once(model) -> bool:
+    """The audio tower is frozen and `encode_audio` knows how to run it for this family."""
+    return family_of(model).architecture in ENCODABLE and audio_tower_frozen(model)
 
 
 @dataclass
@@ -127,27 +137,36 @@ def embed_with_audio(model, input_ids: Tensor, encoded: EncodedAudio, clip_index
     return embeds.masked_scatter(slots.unsqueeze(-1), features.to(embeds.dtype))
 
 
+def own_audio(model, audio: dict) -> dict:
+    """The rows' own audio inputs in `audio` (one row each): the keys it names in `audio_keys`, else those of
+    the model's family (ambig.model.audio_formats)."""
+    keys = audio.get("audio_keys") or family_of(model).audio_format.keys
+    missing = [k for k in keys if k not in audio]
+    if missing:
+        raise ValueError(f"the batch lacks the audio inputs {missing} the model's family takes")
+    return {k: audio[k] for k in keys}
+
+
 def audio_inputs(model, input_ids: Tensor, audio: dict) -> dict:
     """The model's keyword arguments for rows `input_ids` whose audio `audio` describes.
 
-    `audio` holds either the rows' own features (`input_features`, `feature_attention_mask`, one per row) or
-    the clips' encoded audio (`encoded_audio`, `clip_index`, row -> clip).
+    `audio` holds either the rows' own inputs (the family's keys, e.g. `input_features` and
+    `feature_attention_mask`, one per row) or the clips' encoded audio (`encoded_audio`, `clip_index`,
+    row -> clip).
     """
     if "encoded_audio" in audio:
         return {
             "inputs_embeds": embed_with_audio(model, input_ids, audio["encoded_audio"], audio["clip_index"])
         }
-    return {
-        "input_ids": input_ids,
-        "input_features": audio["input_features"],
-        "feature_attention_mask": audio["feature_attention_mask"],
-    }
+    return {"input_ids": input_ids, **own_audio(model, audio)}
 
 
 def with_encoded_audio(model, batch: dict, cache=None) -> dict:
     """`batch` with its features replaced by their encoding (one clip per row, clip_index = row); with a
     `cache` (ambig.model.audio_cache), clips it already holds are not encoded again."""
-    out = {k: v for k, v in batch.items() if k not in ("input_features", "feature_attention_mask")}
+    out = {
+        k: v for k, v in batch.items() if k not in ("input_features", "feature_attention_mask", "audio_keys")
+    }
     if cache is not None:
         out["encoded_audio"] = cache.encode(model, batch)
     else:

@@ -2,21 +2,25 @@
 
 A family names the transformers class `load_model` calls `from_pretrained` on, the checkpoint types that class
 reads, the chat template its prompts are written in (ambig.model.prompt), how its processor is assembled, how
-its tiny random-init stand-in is built, and which encoder towers LoRA must leave alone. Everything else (the
-batch tensors, the read-out, the strategies) is shared: both families take `input_features` and
-`feature_attention_mask` (Whisper log-mels and their frame mask) beside `input_ids`.
+its tiny random-init stand-in is built, which encoder towers LoRA must leave alone, and its audio inputs
+(ambig.model.audio_formats: the arrays its forward takes beside `input_ids`, and the audio tokens they fill).
+Everything else (the read-out, the strategies, test-time scaling) is shared.
 
 - `qwen2_audio`: Qwen2-Audio-7B-Instruct and its fine-tunes (Audio-Reasoner); the default.
 - `qwen2_5_omni_thinker`: the thinker (text output) of Qwen2.5-Omni; the talker (speech output) is not loaded.
+- `audio_flamingo3`: Audio Flamingo 3 (ambig.model.twins.audio_flamingo3), prompts from its processor's
+  own chat template (as every family added from here on).
 - `smollm2_audio`: `model=mini`, Qwen2-Audio's architecture around SmolLM2-135M-Instruct (a Llama) and Whisper
   tiny.en's encoder (ambig.model.mini); a Qwen2-Audio checkpoint told apart by its text model's type.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from ambig.model import prompt
+from ambig.model.audio_formats import WHISPER_FRAMES, WHISPER_MASKED, AudioFormat
 from ambig.model.prompt import QWEN2_5_OMNI, QWEN2_AUDIO, SMOLLM2_AUDIO, ChatTemplate
 
 DEFAULT_FAMILY = "qwen2_audio"
@@ -28,7 +32,9 @@ class ModelFamily:
     model_class: str  # the transformers class loaded with from_pretrained
     model_type: str  # `config.model_type` of a model of that class
     checkpoint_types: tuple[str, ...]  # `model_type`s in config.json that class reads
-    template: ChatTemplate
+    # The prompt: a hand-written ChatML format (the families that predate the chat-template path; each is
+    # tested equal to its release's template), or None: the processor's own chat template renders it.
+    template: ChatTemplate | None
     towers: tuple[str, ...]  # encoder modules (by name) that stay frozen: LoRA may not reach them
     # (source, model_cfg) -> a processor with .tokenizer, .feature_extractor and .audio_token
     load_processor: Callable
@@ -43,11 +49,47 @@ class ModelFamily:
     text_model_type: str | None = None
     spec_key: str = "tiny"  # the model config's block that sizes the locally built checkpoint
     make_spec: Callable = None  # (that block as a dict) -> the spec build_tiny takes
+    audio_format: AudioFormat = WHISPER_MASKED  # the forward's audio inputs (ambig.model.audio_formats)
+    # chat-template families: the system turn we send (None: none, the template writes its own default)
+    system_prompt: str | None = None
+    # (prompt text, processor, n) -> the text with its audio placeholder written for n audio tokens
+    audio_expansion: Callable | None = None
 
     def transformers_class(self):
         import transformers
 
         return getattr(transformers, self.model_class)
+
+    def base_messages(self, classes: Sequence[str], transcript: str | None, cot: bool) -> list[dict]:
+        return prompt.conversation(classes, transcript, cot, self.system_prompt)
+
+    def prompt(self, processor, classes: Sequence[str], transcript: str | None, cot: bool) -> str:
+        """The chat prompt as text (one audio placeholder), ending where the assistant starts writing."""
+        if self.template is not None:
+            return prompt.chat_prompt(classes, transcript, cot, self.template)
+        messages = self.base_messages(classes, transcript, cot)
+        return prompt.render(processor, messages, add_generation_prompt=True)
+
+    def expand_audio(self, text: str, processor, n_tokens: int) -> str:
+        """`text` with its one audio placeholder repeated once per audio token (as the processor does)."""
+        if self.audio_expansion is not None:
+            return self.audio_expansion(text, processor, n_tokens)
+        token = processor.audio_token
+        if text.count(token) != 1:
+            raise ValueError(f"the prompt holds {text.count(token)} audio placeholders {token!r}, not one")
+        return text.replace(token, token * n_tokens, 1)
+
+    def end_of_turn(self, processor) -> str:
+        """The token that ends the assistant's turn (generation stops on it; targets end with it)."""
+        if self.template is not None:
+            return prompt.END_OF_TURN
+        return prompt.template_end_of_turn(processor, self.base_messages(["neutral"], None, True))
+
+    def verification_turn(self, processor) -> str:
+        """What follows a trajectory to ask the model whether its analysis holds (tts=verifier)."""
+        if self.template is not None:
+            return prompt.verification_turn()
+        return prompt.template_verification_turn(processor, self.base_messages(["neutral"], None, True))
 
 
 def _qwen2_audio_processor(source: str, model_cfg):
@@ -74,6 +116,18 @@ def _build_tiny_omni(out_dir, spec):
     from ambig.model.tiny_omni import build_tiny_omni
 
     return build_tiny_omni(out_dir, spec)
+
+
+def _build_tiny_af3(out_dir, spec):
+    from ambig.model.twins.audio_flamingo3 import build_tiny_af3
+
+    return build_tiny_af3(out_dir, spec)
+
+
+def _auto_processor(source: str, model_cfg):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(source)
 
 
 def _tiny_spec(block):
@@ -137,6 +191,23 @@ FAMILIES = {
             tiny_prefix="tiny-omni",
             architecture="qwen2_5_omni",
             make_spec=_tiny_spec,
+        ),
+        # Audio Flamingo 3 (nvidia/audio-flamingo-3-hf): a Whisper-large-v3 encoder, a projector and Qwen2;
+        # prompts from its processor's chat template, the audio as `<sound>`.
+        ModelFamily(
+            name="audio_flamingo3",
+            model_class="AudioFlamingo3ForConditionalGeneration",
+            model_type="audioflamingo3",
+            checkpoint_types=("audioflamingo3",),
+            template=None,
+            towers=("audio_tower",),
+            audio_modules=("audio_tower", "multi_modal_projector"),
+            load_processor=_auto_processor,
+            build_tiny=_build_tiny_af3,
+            tiny_prefix="tiny-af3",
+            architecture="audio_flamingo3",
+            make_spec=_tiny_spec,
+            audio_format=WHISPER_FRAMES,
         ),
     )
 }

@@ -13,15 +13,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ambig.data.features import Features, extract
 from ambig.data.records import Record
 from ambig.metrics import validate_distributions
 from ambig.model import prompt
+from ambig.model.audio_formats import Features, whisper_tokens
 from ambig.model.readout import class_token_ids, prefix_token_ids
 
 IGNORE = -100
-# A batch's audio: its rows' own features, or (ambig.model.audio_encoding) its clips' encoding + row -> clip.
-AUDIO_KEYS = ("input_features", "feature_attention_mask", "encoded_audio", "clip_index")
+# A batch's audio, besides its rows' own inputs (named in batch["audio_keys"]): its clips' encoding and
+# row -> clip (ambig.model.audio_encoding).
+ENCODED_KEYS = ("encoded_audio", "clip_index")
+
+
+def audio_keys(batch: dict) -> tuple[str, ...]:
+    """The names of a batch's audio tensors: the family's inputs (one row each), or its clips' encoding."""
+    own = tuple(k for k in batch.get("audio_keys", ()) if k in batch)
+    return own + tuple(k for k in ENCODED_KEYS if k in batch)
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,19 +58,21 @@ class Example:
 
 
 def audio_token_count(n_frames: int) -> int:
-    """Audio tokens the encoder emits for `n_frames` mel frames (as the processor counts them)."""
-    return (((n_frames - 1) // 2 + 1) - 2) // 2 + 1
+    """Audio tokens a Whisper-style encoder emits for `n_frames` mel frames (as the processor counts them)."""
+    return whisper_tokens(n_frames)
 
 
 class BatchBuilder:
     """Turns a list of `Example` into the tensors every strategy uses.
 
-    Prompts are written in `template`, the chat format of the model's family (`model_family(cfg).template`).
+    `family` (ambig.model.family: `model_family(cfg.model)`) decides the prompt (its chat template: the
+    processor's own, or the family's hand-written one), how the audio placeholder expands, and the audio
+    inputs (`family.audio_format`).
 
-    Keys: ids, p (B, K); prompt_ids / prompt_mask (prompt only, for generation); input_features /
-    feature_attention_mask (the audio); and unless built `for_evaluation`: input_ids / attention_mask /
-    position_ids / labels (prompt + teacher-forced target) and answer_index (B,), the position whose logits
-    predict the emotion word.
+    Keys: ids, p (B, K); prompt_ids / prompt_mask (prompt only, for generation); the family's audio inputs
+    (named in `audio_keys`, e.g. input_features / feature_attention_mask); and unless built
+    `for_evaluation`: input_ids / attention_mask / position_ids / labels (prompt + teacher-forced target)
+    and answer_index (B,), the position whose logits predict the emotion word.
     """
 
     def __init__(
@@ -75,10 +84,12 @@ class BatchBuilder:
         ce_answer_word: bool,
         sample_rate: int,
         prompt_classes: Sequence[str] | None = None,
-        template: prompt.ChatTemplate = prompt.QWEN2_AUDIO,
+        family=None,
     ):
+        from ambig.model.family import DEFAULT_FAMILY, family_named
+
+        self.family = family if family is not None else family_named(DEFAULT_FAMILY)
         self.processor = processor
-        self.template = template  # the model family's chat format (ambig.model.family)
         self.tokenizer = processor.tokenizer
         self.classes = tuple(classes)  # the read-out's classes: q is a distribution over these
         # the classes the prompt offers: the training corpus's, also when testing on a corpus with fewer
@@ -89,35 +100,44 @@ class BatchBuilder:
         self.targets = True
         self.class_ids = class_token_ids(self.tokenizer, self.classes)
         self.prefix_ids = prefix_token_ids(self.tokenizer)
-        self.end_id = self.tokenizer.convert_tokens_to_ids(prompt.END_OF_TURN)
+        self.end_id = self.tokenizer.convert_tokens_to_ids(self.family.end_of_turn(processor))
         self.pad_id = self.tokenizer.pad_token_id
         self.newline_ids = self.tokenizer("\n", add_special_tokens=False).input_ids
+
+    @property
+    def audio_format(self):
+        return self.family.audio_format
 
     def features_of(self, example: Example) -> Features:
         if example.features is not None:
             return example.features
         if example.audio is None:
             raise ValueError(f"utterance {example.record.id}: the example carries neither audio nor features")
-        return extract(self.processor.feature_extractor, example.audio, self.sample_rate)
+        extractor = self.audio_format.extractor(self.processor)
+        return self.audio_format.extract(extractor, example.audio, self.sample_rate)
 
-    def prompt_ids(self, transcript: str | None, n_frames: int) -> list[int]:
-        """The chat prompt's ids with the audio placeholder expanded to one token per audio frame."""
-        token = self.processor.audio_token
-        text = prompt.chat_prompt(self.prompt_classes, transcript, self.cot, self.template)
-        text = text.replace(token, token * audio_token_count(n_frames), 1)
+    def prompt_text(self, transcript: str | None) -> str:
+        """The chat prompt as text, with one audio placeholder (the family's chat template)."""
+        return self.family.prompt(self.processor, self.prompt_classes, transcript, self.cot)
+
+    def prompt_ids(self, transcript: str | None, n_tokens: int) -> list[int]:
+        """The chat prompt's ids with the audio placeholder expanded to the clip's `n_tokens` audio tokens."""
+        text = self.family.expand_audio(self.prompt_text(transcript), self.processor, n_tokens)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
+    def verification_ids(self) -> list[int]:
+        """What follows a finished trajectory to ask the model whether it holds (tts=verifier)."""
+        return self.tokenizer(
+            self.family.verification_turn(self.processor), add_special_tokens=False
+        ).input_ids
+
     def encode_prompts(self, examples: Sequence[Example]):
-        """Prompt ids per row and the batch's audio features (B, n_mels, frames) and mask (B, frames)."""
+        """Prompt ids per row and the batch's audio inputs (the family's keys, one row per example)."""
         feats = [self.features_of(e) for e in examples]
         rows = [
-            self.prompt_ids(e.record.transcript, f.n_frames) for e, f in zip(examples, feats, strict=True)
+            self.prompt_ids(e.record.transcript, f.n_tokens) for e, f in zip(examples, feats, strict=True)
         ]
-        mel = torch.from_numpy(np.stack([f.mel for f in feats]))
-        mask = torch.zeros((len(feats), mel.shape[-1]), dtype=torch.long)
-        for i, f in enumerate(feats):
-            mask[i, : f.n_frames] = 1
-        return rows, mel, mask
+        return rows, self.audio_format.collate(feats)
 
     def target_pieces(self, record: Record) -> tuple[list[int], int]:
         """(ids up to and including the answer prefix, the majority class's answer token)."""
@@ -142,7 +162,7 @@ class BatchBuilder:
 
     def __call__(self, examples: Sequence[Example]) -> dict:
         records = [e.record for e in examples]
-        prompt_rows, features, feature_mask = self.encode_prompts(examples)
+        prompt_rows, audio = self.encode_prompts(examples)
         p = torch.tensor([r.soft_label for r in records], dtype=torch.float32)
         try:
             validate_distributions(p)
@@ -156,8 +176,8 @@ class BatchBuilder:
             "p": p,
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
-            "input_features": features,
-            "feature_attention_mask": feature_mask,
+            **audio,
+            "audio_keys": self.audio_format.keys,
         }
         if self.targets:
             batch.update(self.teacher_forced(records, prompt_rows))
@@ -221,5 +241,6 @@ def completion_batch(builder: BatchBuilder, batch: dict, completions: Sequence[S
         "attention_mask": attention_mask.to(device),
         "position_ids": positions(attention_mask).to(device),
         "completion_mask": completion_mask.to(device),
-        **{k: batch[k] for k in AUDIO_KEYS if k in batch},
+        **{k: batch[k] for k in audio_keys(batch)},
+        **({"audio_keys": batch["audio_keys"]} if "audio_keys" in batch else {}),
     }

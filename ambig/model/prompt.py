@@ -113,6 +113,69 @@ def verification_turn() -> str:
     return f"{END_OF_TURN}\n<|im_start|>user\n{VERIFY_QUESTION}{END_OF_TURN}\n<|im_start|>assistant\n"
 
 
+# --- Prompts from a processor's own chat template (ambig.model.family: every family without a hand-written
+# ChatTemplate). The audio goes in as a content part; the template writes the family's placeholder for it.
+AUDIO_PART = {"type": "audio", "audio": "clip.wav"}  # rendered, never loaded: the features come separately
+MARK = "@@AMBIG_TRAJECTORY@@"  # stands for a trajectory in a rendered conversation
+
+
+def conversation(
+    classes: Sequence[str], transcript: str | None, cot: bool, system_prompt: str | None = None
+) -> list[dict]:
+    """Our question as chat messages: an optional system turn, then a user turn with the audio and the
+    instruction (`instruction`)."""
+    messages = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+    text = {"type": "text", "text": instruction(classes, transcript, cot)}
+    messages.append({"role": "user", "content": [dict(AUDIO_PART), text]})
+    return messages
+
+
+def render(processor, messages: list[dict], *, add_generation_prompt: bool) -> str:
+    """`messages` in the processor's chat template (the processor's, else its tokenizer's), as text."""
+    owner = processor if getattr(processor, "chat_template", None) else processor.tokenizer
+    if not getattr(owner, "chat_template", None):
+        raise ValueError(
+            f"{type(processor).__name__} has no chat template (neither the processor nor its tokenizer): "
+            "this checkpoint's processor files are incomplete"
+        )
+    return owner.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def after_trajectory(processor, messages: list[dict], *, add_generation_prompt: bool) -> str:
+    """The text the template writes after an assistant turn that follows `messages` (`messages` may go on
+    after that turn): what closes the turn, and whatever follows."""
+    text = render(processor, messages, add_generation_prompt=add_generation_prompt)
+    if text.count(MARK) != 1:
+        raise ValueError("the chat template does not write the assistant's text as it is given")
+    return text.split(MARK, 1)[1]
+
+
+def template_end_of_turn(processor, base: list[dict]) -> str:
+    """The special token that closes an assistant turn in the processor's chat template."""
+    tail = after_trajectory(
+        processor, [*base, {"role": "assistant", "content": MARK}], add_generation_prompt=False
+    )
+    tokenizer = processor.tokenizer
+    special = set(tokenizer.all_special_ids) | {
+        i for t, i in tokenizer.get_added_vocab().items() if t.startswith("<") and t.endswith(">")
+    }
+    for token_id in tokenizer(tail, add_special_tokens=False).input_ids:
+        if token_id in special:
+            return tokenizer.convert_ids_to_tokens(token_id)
+    raise ValueError(f"the chat template closes an assistant turn with no special token: {tail!r}")
+
+
+def template_verification_turn(processor, base: list[dict]) -> str:
+    """`verification_turn` in the processor's chat template: after a trajectory, the end of that turn, a
+    user turn asking `VERIFY_QUESTION`, and the start of the assistant's answer."""
+    messages = [
+        *base,
+        {"role": "assistant", "content": MARK},
+        {"role": "user", "content": [{"type": "text", "text": VERIFY_QUESTION}]},
+    ]
+    return after_trajectory(processor, messages, add_generation_prompt=True)
+
+
 def target_before_answer(cot_body: str | None) -> str:
     """The assistant text up to and including the answer prefix; the emotion word follows it."""
     return f"{cot_body.rstrip()}\n{ANSWER_PREFIX}" if cot_body else ANSWER_PREFIX

@@ -17,7 +17,7 @@ from ambig.distributed import clean_name, shards_weights, zero3
 from ambig.losses import NonFiniteLossError, check_finite
 from ambig.metrics import DistributionMetrics
 from ambig.model.audio_cache import AUDIO_CACHES, AudioEncodingCache
-from ambig.model.audio_encoding import audio_tower_frozen, with_encoded_audio
+from ambig.model.audio_encoding import audio_tower_frozen, can_encode_once, with_encoded_audio
 from ambig.model.family import family_of
 from ambig.model.formats import FORMATS, parse_output
 from ambig.model.inputs import BatchBuilder
@@ -35,14 +35,14 @@ NONFINITE_POLICIES = ("stop", "skip")
 
 
 def check_template(model, builders) -> None:
-    """Refuse batch builders whose prompts are in another chat format than the model's family reads."""
+    """Refuse batch builders built for another model family than the model's (another chat format and
+    other audio inputs)."""
     family = family_of(model)
     for builder in builders:
-        if builder.template != family.template:
+        if builder.family.name != family.name:
             raise ValueError(
-                f"the batch builder writes {builder.template.name} prompts but the model is of family "
-                f"{family.name}, which reads {family.template.name} prompts: build it with "
-                "template=model_family(cfg.model).template"
+                f"the batch builder writes prompts and audio inputs of family {builder.family.name} but the "
+                f"model is of family {family.name}: build it with family=model_family(cfg.model)"
             )
 
 
@@ -181,7 +181,7 @@ class AmbigModule(pl.LightningModule):
         replaced by their encoding (ambig.model.audio_encoding): the tower then runs once per clip for the
         whole step (sampling, policy, old policy and reference passes) instead of once per row and pass. A
         trainable tower (model.train_audio_tower) keeps the features: its output changes with every step."""
-        if self.encode_once and audio_tower_frozen(self.model) and "input_features" in batch:
+        if self.encode_once and can_encode_once(self.model) and "input_features" in batch:
             return with_encoded_audio(self.model, batch, self.audio_store())
         return batch
 

@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 
 from ambig.model.inputs import BatchBuilder, completion_batch
-from ambig.model.prompt import verification_turn
 from ambig.rollout import completions, decode, expand, last_logits, read_after, sample
 from ambig.scoring import completion_logps, masked_sum
 from ambig.tts.combine import best_index, likelihood_weights, mean_readout, vote, weighted
@@ -147,8 +146,8 @@ def yes_no_ids(builder: BatchBuilder) -> tuple[int, int]:
 @torch.no_grad()
 def verifier_scores(model, batch: dict, builder: BatchBuilder, out, n: int) -> Tensor:
     """p(yes) (clips, n) of each trajectory under the model asked to verify it (prompt with the audio,
-    the trajectory, then `ambig.model.prompt.verification_turn`)."""
-    turn = builder.tokenizer(verification_turn(), add_special_tokens=False).input_ids
+    the trajectory, then the family's verification turn: `BatchBuilder.verification_ids`)."""
+    turn = builder.verification_ids()
     logits = last_logits(model, expand(batch, n), builder, [tail + turn for tail in out.tokens])
     yes, no = yes_no_ids(builder)
     p_yes = torch.softmax(logits[:, [yes, no]].float(), dim=-1)[:, 0]

@@ -40,7 +40,7 @@ def compose_cfg(config: str, *overrides: str):
 
 
 @pytest.mark.parametrize("config", ["train", "evaluate"])
-@pytest.mark.parametrize("model", ["qwen2_5_omni_7b", "tiny_omni"])
+@pytest.mark.parametrize("model", ["qwen2_5_omni_7b", "qwen2_5_omni_3b", "tiny_omni"])
 def test_omni_configs_compose_for_train_and_evaluate(config, model):
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
@@ -51,8 +51,9 @@ def test_omni_configs_compose_for_train_and_evaluate(config, model):
     assert family.template is QWEN2_5_OMNI
     assert cfg.model.output_format == "ambig"
     assert "language_model" in cfg.model.lora.target_modules
-    if model == "qwen2_5_omni_7b":
-        assert cfg.model.hub_id == "Qwen/Qwen2.5-Omni-7B" and cfg.model.dtype == "bfloat16"
+    if model != "tiny_omni":
+        size = model.rsplit("_", 1)[1].upper()
+        assert cfg.model.hub_id == f"Qwen/Qwen2.5-Omni-{size}" and cfg.model.dtype == "bfloat16"
         assert cfg.model.tiny is None and cfg.model.lora.modules_to_save is None
     else:
         assert cfg.model.tiny.chunk_length == cfg.model.max_audio_seconds == 4
@@ -62,8 +63,11 @@ def test_every_model_config_names_its_family():
     names = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
     families = {name: compose_cfg("train", f"model={name}").model.family for name in names}
     assert families == {
+        "audio_flamingo_3": "audio_flamingo3",
+        "tiny_audio_flamingo_3": "audio_flamingo3",
         "audio_reasoner": "qwen2_audio",
         "mini": "smollm2_audio",
+        "qwen2_5_omni_3b": "qwen2_5_omni_thinker",
         "qwen2_5_omni_7b": "qwen2_5_omni_thinker",
         "qwen2_audio_7b_instruct": "qwen2_audio",
         "tiny": "qwen2_audio",
@@ -73,16 +77,14 @@ def test_every_model_config_names_its_family():
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_every_family_takes_the_batch_audio_under_the_same_names(name):
-    """The batch builder hands every family the same audio arguments; each family's class must take them."""
+def test_every_family_takes_its_audio_inputs_under_their_names(name):
+    """The batch builder hands a family its audio format's inputs; the family's class must take them."""
     import inspect
-
-    from ambig.model.inputs import AUDIO_KEYS
 
     family = FAMILIES[name]
     params = inspect.signature(family.transformers_class().forward).parameters
     assert {"input_ids", "attention_mask", "position_ids", "inputs_embeds"} <= set(params)
-    assert set(AUDIO_KEYS[:2]) == {"input_features", "feature_attention_mask"} <= set(params)
+    assert family.audio_format.keys and set(family.audio_format.keys) <= set(params)
 
 
 def test_an_unknown_family_is_refused_by_name(tiny_omni_cfg_factory):
@@ -234,8 +236,13 @@ def test_a_narrower_feature_window_keeps_every_frame_of_a_clip(examples):
     assert narrow.chunk_length == 30 and narrow.nb_max_frames == 3000 and release.nb_max_frames == 30000
     for example in examples[:2]:
         wide, short = extract(release, example.audio, RATE), extract(narrow, example.audio, RATE)
-        assert wide.n_frames == short.n_frames > 0
-        np.testing.assert_allclose(short.mel[:, : short.n_frames], wide.mel[:, : wide.n_frames], atol=1e-6)
+        frames = int(short.arrays["feature_attention_mask"].sum())
+        assert (
+            int(wide.arrays["feature_attention_mask"].sum()) == frames > 0 and wide.n_tokens == short.n_tokens
+        )
+        np.testing.assert_allclose(
+            short.arrays["input_features"][:, :frames], wide.arrays["input_features"][:, :frames], atol=1e-6
+        )
 
 
 def test_the_omni_processor_pads_features_to_max_audio_seconds(tiny_omni_cfg_factory, tiny_omni_base):
@@ -272,7 +279,7 @@ def test_class_tokens_on_the_omni_tokenizer_are_the_first_token_after_the_prefix
 
 def test_a_builder_in_another_chat_format_is_refused(tiny_omni_base, builder):
     with pytest.raises(
-        ValueError, match="writes qwen2_audio prompts but the model is of family qwen2_5_omni"
+        ValueError, match="audio inputs of family qwen2_audio but the model is of family qwen2_5_omni"
     ):
         BaseStrategy(tiny_omni_base[0], builder, optim={}, decoding={}, loss={}, name="base")
 
@@ -280,7 +287,7 @@ def test_a_builder_in_another_chat_format_is_refused(tiny_omni_base, builder):
 def test_the_qwen2_audio_builder_keeps_its_format(tiny_base, builder):
     assert family_of(tiny_base[0]).template is QWEN2_AUDIO
     default = BatchBuilder(tiny_base[1], CLASSES, cot=False, ce_answer_word=False, sample_rate=RATE)
-    assert default.template is QWEN2_AUDIO  # builders that name no template write Qwen2-Audio's format
+    assert default.family.template is QWEN2_AUDIO  # builders that name no family write Qwen2-Audio's format
 
 
 # ---- generation -------------------------------------------------------------------------------------------

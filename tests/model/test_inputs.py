@@ -168,10 +168,29 @@ def test_prompt_and_features_equal_the_processors_own(builder, examples, tiny_ba
         text = prompt.chat_prompt(CLASSES, ex.record.transcript, True)
         ref = processor(text=[text], audio=[ex.audio], sampling_rate=16000, return_tensors="pt")
         features = extract(processor.feature_extractor, ex.audio, 16000)
-        assert builder.prompt_ids(ex.record.transcript, features.n_frames) == ref["input_ids"][0].tolist()
-        np.testing.assert_array_equal(features.mel, ref["input_features"][0].numpy())
-        assert features.n_frames == int(ref["feature_attention_mask"][0].sum())
+        assert builder.prompt_ids(ex.record.transcript, features.n_tokens) == ref["input_ids"][0].tolist()
+        np.testing.assert_array_equal(features.arrays["input_features"], ref["input_features"][0].numpy())
+        assert int(features.arrays["feature_attention_mask"].sum()) == int(
+            ref["feature_attention_mask"][0].sum()
+        )
+        assert (
+            features.n_tokens
+            == (ref["input_ids"][0] == processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")).sum()
+        )
         batch = builder.for_evaluation()([Example(ex.record, features=features)])
         torch.testing.assert_close(
             batch["feature_attention_mask"][0], ref["feature_attention_mask"][0].long()
         )
+
+
+def test_the_hand_written_qwen2_audio_prompt_is_its_processors_chat_template(builder, tiny_base):
+    """Qwen2-Audio's prompt is written by hand (ambig.model.prompt.QWEN2_AUDIO); it must be what the
+    processor's own chat template writes for the same conversation (an audio part, then the instruction)."""
+    from ambig.model import prompt
+
+    _, processor = tiny_base
+    for transcript in ("I can't believe it.", None):
+        messages = prompt.conversation(CLASSES, transcript, True)
+        theirs = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert builder.prompt_text(transcript) == theirs
+        assert builder.family.verification_turn(processor) == prompt.verification_turn()

@@ -13,6 +13,7 @@ from conftest import ADAMW, AMBIGUITY_LOSS, SAMPLE_RATE
 from ambig.data.synthetic import CLASSES
 from ambig.generation import pinned_config
 from ambig.model import mini
+from ambig.model.family import FAMILIES
 from ambig.model.inputs import BatchBuilder
 from ambig.model.load import load_model
 from ambig.model.prompt import SMOLLM2_AUDIO, chat_prompt, instruction
@@ -28,7 +29,12 @@ EIGHT = ("neutral", "happy", "sad", "angry", "surprise", "fear", "disgust", "con
 def mini_builder(mini_base):
     _, processor = mini_base
     return BatchBuilder(
-        processor, CLASSES, cot=True, ce_answer_word=False, sample_rate=SAMPLE_RATE, template=SMOLLM2_AUDIO
+        processor,
+        CLASSES,
+        cot=True,
+        ce_answer_word=False,
+        sample_rate=SAMPLE_RATE,
+        family=FAMILIES["smollm2_audio"],
     )
 
 
@@ -220,7 +226,7 @@ def test_one_sft_dpo_and_grpo_step_on_the_mini_model(mini_cfg_factory, mini_base
         cot=False,
         ce_answer_word=False,
         sample_rate=SAMPLE_RATE,
-        template=SMOLLM2_AUDIO,
+        family=FAMILIES["smollm2_audio"],
     )
     torch.manual_seed(0)
     model = load_model(mini_cfg_factory(lora=True))[0]

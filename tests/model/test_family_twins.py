@@ -1,0 +1,191 @@
+"""The families whose prompts come from their processor's own chat template, each on its tiny twin.
+
+For every `conf/model/tiny_<family>.yaml`: the config composes, the twin is written in the release's layout
+and loads through `load_model`; the prompt is the processor's `apply_chat_template` with an audio part; the
+audio inputs and the audio token count are the processor's own (`processor(text=..., audio=...)`); the
+read-out's class tokens; a batch's logits equal each clip's alone; greedy and sampled generation; every
+`tts=` strategy; one SFT step moves only the adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from ambig.data.synthetic import CLASSES
+from ambig.model import prompt
+from ambig.model.family import model_family
+from ambig.model.inputs import BatchBuilder, positions
+from ambig.model.load import load_model, resolve_source
+from ambig.model.readout import class_token_ids
+from ambig.rollout import decode, sample
+from ambig.scoring import full_logits
+from ambig.tts.strategies import TTS_STRATEGIES, run_tts
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+RATE = 16000
+# twin config -> (family, release model_type and architecture in config.json, the processor's class)
+TWINS = {
+    "tiny_audio_flamingo_3": (
+        "audio_flamingo3",
+        "audioflamingo3",
+        "AudioFlamingo3ForConditionalGeneration",
+        "AudioFlamingo3Processor",
+    ),
+}
+
+
+def twin_cfg(name: str, cache_dir: Path, lora: bool = True):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={name}", f"paths.cache_dir={cache_dir}"])
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if not lora:
+        model_cfg["lora"] = None
+    return OmegaConf.create(model_cfg)
+
+
+@pytest.fixture(scope="module", params=sorted(TWINS))
+def twin(request, tmp_path_factory):
+    """(config name, model config, base model, processor, its builder) of one twin, built once."""
+    name = request.param
+    cache = tmp_path_factory.mktemp(f"twin-{name}")
+    cfg = twin_cfg(name, cache, lora=False)
+    model, processor = load_model(cfg)
+    builder = BatchBuilder(
+        processor, CLASSES, cot=True, ce_answer_word=False, sample_rate=RATE, family=model_family(cfg)
+    )
+    return name, cfg, model.eval(), processor, builder
+
+
+def audio_examples(examples, n=3):
+    return [e for e in examples[:n]]
+
+
+def test_the_twin_is_written_in_the_release_layout_and_loads_through_from_pretrained(twin):
+    name, cfg, model, processor, _ = twin
+    family, model_type, architecture, processor_class = TWINS[name]
+    assert cfg.family == family and model_family(cfg).name == family
+    source = Path(resolve_source(cfg))
+    config = json.loads((source / "config.json").read_text())
+    assert config["model_type"] == model_type and config["architectures"] == [architecture]
+    assert type(model).__name__ == architecture and type(processor).__name__ == processor_class
+    assert (source / "chat_template.jinja").exists() or "chat_template" in json.loads(
+        (source / "tokenizer_config.json").read_text()
+    )
+
+
+def test_the_prompt_is_the_processors_chat_template_with_an_audio_part(twin):
+    _, _, _, processor, builder = twin
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio", "audio": np.zeros(RATE, dtype=np.float32)},
+                {"type": "text", "text": prompt.instruction(CLASSES, "I can't believe it.", True)},
+            ],
+        }
+    ]
+    theirs = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert builder.prompt_text("I can't believe it.") == theirs
+    assert theirs.count(processor.audio_token) == 1
+
+
+def test_audio_inputs_and_token_counts_equal_the_processors_own(twin, examples):
+    _, _, _, processor, builder = twin
+    for ex in examples[:3]:
+        text = builder.prompt_text(ex.record.transcript)
+        ref = processor(text=[text], audio=[ex.audio], sampling_rate=RATE, return_tensors="pt")
+        features = builder.features_of(ex)
+        assert builder.prompt_ids(ex.record.transcript, features.n_tokens) == ref["input_ids"][0].tolist()
+        audio_id = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
+        assert features.n_tokens == int((ref["input_ids"][0] == audio_id).sum()) > 1
+        for key in builder.audio_format.keys:
+            np.testing.assert_allclose(features.arrays[key], ref[key][0].numpy(), atol=1e-6, err_msg=key)
+
+
+def test_class_tokens_are_distinct_first_tokens_after_the_answer_prefix(twin):
+    _, _, _, processor, builder = twin
+    ids = class_token_ids(processor.tokenizer, CLASSES)
+    assert len(set(ids)) == len(CLASSES)
+    for word, token in zip(CLASSES, ids, strict=True):
+        full = processor.tokenizer(f"{prompt.ANSWER_PREFIX} {word}", add_special_tokens=False).input_ids
+        assert full[len(builder.prefix_ids)] == token
+
+
+def test_the_end_of_turn_and_verification_turn_come_from_the_template(twin):
+    _, _, _, processor, builder = twin
+    closed = prompt.render(
+        processor,
+        [*prompt.conversation(CLASSES, None, True), {"role": "assistant", "content": "Answer: sad"}],
+        add_generation_prompt=False,
+    )
+    end = processor.tokenizer.convert_ids_to_tokens(builder.end_id)
+    assert closed.split("Answer: sad", 1)[1].lstrip().startswith(end)
+    turn = processor.tokenizer.decode(builder.verification_ids())
+    assert prompt.VERIFY_QUESTION in turn and turn.startswith(end)
+
+
+def test_a_batch_gives_each_clip_its_own_logits(twin, examples):
+    _, _, model, _, builder = twin
+    batch = builder(examples[:3])
+    with torch.no_grad():
+        together = full_logits(model, batch)
+    for i in range(3):
+        alone = builder(examples[i : i + 1])
+        with torch.no_grad():
+            own = full_logits(model, alone)[0]
+        n = own.shape[0]
+        torch.testing.assert_close(together[i, -n:], own, atol=2e-5, rtol=0)
+    assert torch.equal(batch["position_ids"], positions(batch["attention_mask"]))
+
+
+def test_greedy_and_sampled_generation(twin, examples):
+    _, _, model, _, builder = twin
+    batch = builder.for_evaluation()(examples[:2])
+    greedy = decode(model, batch, builder, max_new_tokens=6)
+    again = decode(model, batch, builder, max_new_tokens=6)
+    assert greedy.tokens == again.tokens and all(0 < len(t) <= 6 for t in greedy.tokens)
+    assert torch.isfinite(greedy.log_q).all()
+    torch.manual_seed(0)
+    sampled = sample(model, batch, builder, n=3, max_new_tokens=6, temperature=1.0, top_p=1.0)
+    assert len(sampled.tokens) == 6 and torch.isfinite(sampled.log_q).all()
+    assert len({tuple(t) for t in sampled.tokens}) > 1  # sampling draws different trajectories
+
+
+@pytest.mark.parametrize("strategy", TTS_STRATEGIES)
+def test_every_tts_strategy_evaluates_the_twin(twin, examples, strategy):
+    _, _, model, _, builder = twin
+    batch = builder.for_evaluation()(examples[:2])
+    tts = {"name": strategy, "n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 5}
+    torch.manual_seed(1)
+    out = run_tts(model, batch, builder, {**tts, "likelihood_temperature": 1.0})
+    assert out.q.shape == (2, len(CLASSES))
+    torch.testing.assert_close(out.q.sum(-1), torch.ones(2))
+
+
+def test_one_sft_step_moves_only_the_adapter(twin, examples, make_sft):
+    name, cfg, _, _, builder = twin
+    torch.manual_seed(0)
+    model, _ = load_model(twin_cfg(name, Path(cfg.cache_dir).parent))
+    sft = make_sft(model, builder, lr=1e-2)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n or "modules_to_save" in n for n in trained)
+    assert not any(".audio_tower." in n for n in trained)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    loss, parts = sft.training_loss(builder(examples[:2]))
+    assert torch.isfinite(loss) and float(parts["ce"]) > 0
+    loss.backward()
+    opt.step()
+    moved = [n for n, p in model.named_parameters() if n in trained and not torch.equal(p, trained[n])]
+    assert moved
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
