@@ -109,3 +109,7 @@ WHISPER_FRAMES = AudioFormat(
     keys=("input_features", "input_features_mask"),
     extract=_whisper("input_features_mask"),
 )
+
+FORMATS = (WHISPER_MASKED, WHISPER_FRAMES)
+# every audio input name some family takes: how a batch without its `audio_keys` entry is read
+ALL_AUDIO_KEYS = tuple(dict.fromkeys(k for f in FORMATS for k in f.keys))

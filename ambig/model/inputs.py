@@ -16,7 +16,7 @@ import torch
 from ambig.data.records import Record
 from ambig.metrics import validate_distributions
 from ambig.model import prompt
-from ambig.model.audio_formats import Features, whisper_tokens
+from ambig.model.audio_formats import ALL_AUDIO_KEYS, Features, whisper_tokens
 from ambig.model.readout import class_token_ids, prefix_token_ids
 
 IGNORE = -100
@@ -26,8 +26,9 @@ ENCODED_KEYS = ("encoded_audio", "clip_index")
 
 
 def audio_keys(batch: dict) -> tuple[str, ...]:
-    """The names of a batch's audio tensors: the family's inputs (one row each), or its clips' encoding."""
-    own = tuple(k for k in batch.get("audio_keys", ()) if k in batch)
+    """The names of a batch's audio tensors: the family's inputs (one row each; those `audio_keys` names, or
+    for a batch that lost that entry every family's input names it holds), and its clips' encoding."""
+    own = tuple(k for k in batch.get("audio_keys", ALL_AUDIO_KEYS) if k in batch)
     return own + tuple(k for k in ENCODED_KEYS if k in batch)
 
 

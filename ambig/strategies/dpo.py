@@ -42,11 +42,13 @@ def select_negatives(js: Tensor, tau: float, mode: str) -> list[tuple[int, int]]
 
 
 def rows_of(batch: dict, index: list[int]) -> dict:
-    """The batch's rows `index` (repeats allowed): its tensors, and its encoded audio (shared by all rows)."""
+    """The batch's rows `index` (repeats allowed): its tensors, its encoded audio (shared by all rows) and the
+    names of its audio inputs."""
     at = torch.as_tensor(index, dtype=torch.long)
     rows = {k: v[at.to(v.device)] for k, v in batch.items() if torch.is_tensor(v)}
-    if "encoded_audio" in batch:
-        rows["encoded_audio"] = batch["encoded_audio"]
+    for shared in ("encoded_audio", "audio_keys"):
+        if shared in batch:
+            rows[shared] = batch[shared]
     return rows
 
 
