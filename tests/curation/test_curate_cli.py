@@ -131,3 +131,25 @@ def test_select_split_and_limit(dirs, monkeypatch):
         assert [r.id for r in select(records, cfg)] == ["Ses01_0", "Ses01_1", "Ses02_0"]
         with pytest.raises(ValueError, match="split"):
             select(records, compose("curate", overrides=["split=dev"]))
+
+
+@pytest.mark.parametrize(
+    ("config", "dataset", "variable"),
+    [
+        ("curate", "iemocap", "IEMOCAP_ROOT"),
+        ("curate", "crema_d", "CREMA_D_ROOT"),
+        ("curate", "msp_podcast", "MSP_PODCAST_ROOT"),
+        ("inspect", "iemocap", "IEMOCAP_ROOT"),
+        ("inspect", "msp_podcast", "MSP_PODCAST_ROOT"),
+        ("train", "msp_podcast", "MSP_PODCAST_ROOT"),
+    ],
+)
+def test_every_entry_point_finds_a_corpus_root_in_its_variable(
+    monkeypatch, tmp_path, config, dataset, variable
+):
+    """conf/corpus_roots.yaml is shared: `ambig.curate dataset=iemocap` with only IEMOCAP_ROOT set resolves
+    (it once failed: curate.yaml had no corpus_roots block)."""
+    monkeypatch.setenv(variable, str(tmp_path / "corpus"))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config, overrides=[f"dataset={dataset}"])
+    assert cfg.dataset.root == cfg.dataset.corpus.root == str(tmp_path / "corpus")
