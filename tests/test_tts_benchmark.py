@@ -54,3 +54,162 @@ def test_at_smoke_scale_the_benchmark_sweeps_one_tiny_twin_per_release_family():
     # smoke.yaml itself is untouched: another experiment at smoke scale composes exactly as before
     other = compose_evaluate("experiment=tts_sweep", "scale=smoke")
     assert "benchmark" not in other and "model" not in other.hydra.sweeper.params
+
+
+# --- the report, on hand-made runs ------------------------------------------------------------------------
+
+CLASSES = ["neutral", "happy", "sad", "angry"]
+PREDICTIONS = [{"id": "u1", "p": [0.25, 0.25, 0.25, 0.25], "q": [0.1, 0.6, 0.2, 0.1], "cot": "x"}]
+
+
+def job_config(model: str, dataset: str, tts: str, n: int, experiment: str, checkpoint: str | None) -> dict:
+    """The parts of .hydra/config.yaml the report reads, as `ambig.evaluate` saves it."""
+    names = {"dataset": dataset, "strategy": "base", "model": model, "loss": "ambiguity", "cot": "structured"}
+    return {
+        **{group: {"name": name} for group, name in names.items()},
+        "tts": {"name": tts, "n": n},
+        "fold": 1,
+        "experiment_name": experiment,
+        "checkpoint": checkpoint,
+    }
+
+
+def write_job(sweep: Path, num: int, model: str, dataset: str, tts: str, n: int, **kw) -> Path:
+    """A job directory of the sweep as Hydra leaves it (`<num>-<dataset>-<model>-<tts>-n<N>-fold1/.hydra`)."""
+    experiment, checkpoint = kw.get("experiment", "tts_benchmark"), kw.get("checkpoint")
+    job = sweep / f"{num}-{dataset}-{model}-{tts}-n{n}-fold1"
+    (job / ".hydra").mkdir(parents=True)
+    overrides = [
+        f"model={model}",
+        f"dataset={dataset}",
+        f"tts={tts}",
+        f"tts.n={n}",
+        f"experiment={experiment}",
+    ]
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    config = job_config(model, dataset, tts, n, experiment, checkpoint)
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    return job
+
+
+def write_tts_run(sweep: Path, num: int, model: str, dataset: str, tts: str, n: int, js: float, tokens: float,
+                  trajectories: int, answered: float, truncated: float, **kw) -> Path:  # fmt: skip
+    """A finished `ambig.evaluate` job: metrics.json (as ambig.train.run writes it) and predictions.jsonl."""
+    import json
+
+    job = write_job(sweep, num, model, dataset, tts, n, **kw)
+    metrics = {"js": js, "bc": 0.5, "r2": 0.0, "brier": 0.1, "kl": 1.0, "accuracy": 0.5, "n": 4}
+    metrics |= {"dataset": dataset, "test_dataset": dataset, "strategy": "base", "model": model}
+    metrics |= {"loss": "ambiguity", "cot": "structured", "fold": 1, "seed": 0, "classes": CLASSES}
+    metrics |= {"experiment_name": kw.get("experiment", "tts_benchmark")}
+    metrics |= {"initialised_from_strategy": kw.get("trained"), "max_new_tokens": 272}
+    metrics |= {"trajectories": trajectories, "answered_share": answered, "truncated_share": truncated}
+    metrics["tts"] = {"name": tts, "n": n}
+    metrics["compute"] = {"generated_tokens_per_clip": tokens, "forward_passes_per_clip": tokens + n}
+    metrics["compute"]["test_wall_s"] = 1.0
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    (job / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PREDICTIONS))
+    return job
+
+
+QWEN, OMNI = "qwen2_audio_7b_instruct", "qwen2_5_omni_7b"
+
+
+def hand_made_benchmark(sweep: Path) -> dict[str, Path]:
+    """Runs with known JS, compute and trajectory shares; returns the jobs a test looks for by name."""
+    # (model, dataset, tts, N, JS, tokens per clip, trajectories, answered share, truncated share)
+    runs = [
+        (QWEN, "iemocap", "vote", 1, 0.40, 100.0, 40, 0.5, 0.25),
+        (QWEN, "iemocap", "vote", 2, 0.35, 200.0, 80, 0.75, 0.25),  # best: ties N=4 on JS with fewer tokens
+        (QWEN, "iemocap", "vote", 4, 0.35, 400.0, 160, 1.0, 0.0),
+        (QWEN, "iemocap", "best_of_n", 1, 0.50, 90.0, 40, 0.5, 0.5),
+        (QWEN, "iemocap", "best_of_n", 2, 0.45, 190.0, 80, 0.25, 0.75),
+        (QWEN, "iemocap", "cot_greedy", 1, 0.42, 110.0, 40, 1.0, 0.0),
+        (OMNI, "iemocap", "vote", 1, 0.30, 50.0, 40, 0.0, 1.0),
+        (OMNI, "iemocap", "vote", 2, 0.31, 101.0, 80, 0.0, 1.0),
+        (OMNI, "iemocap", "cot_greedy", 1, 0.60, 70.0, 40, 0.5, 0.5),
+        (QWEN, "crema_d", "vote", 1, 0.20, 10.4, 10, 0.2, 0.8),
+    ]
+    for num, run in enumerate(runs):
+        write_tts_run(sweep, num, *run)
+    jobs = {"omni_best_of_n_failed": write_job(sweep, 20, OMNI, "iemocap", "best_of_n", 2)}
+    # the weights of an SFT run (checkpoint=run:sft): a row of their own
+    write_tts_run(sweep, 21, QWEN, "crema_d", "vote", 1, 0.15, 12.0, 10, 1.0, 0.0, trained="sft")
+    # another experiment's tts run: in tts_compute.png and the main tables, not in the benchmark's
+    write_tts_run(sweep, 22, "tiny", "iemocap", "vote", 2, 0.7, 6.0, 8, 0.0, 1.0, experiment="tts_sweep")
+    return jobs
+
+
+def table(markdown: str, title: str) -> dict[str, list[str]]:
+    """A `### title` table of the benchmark section: header and rows by their first cell."""
+    body = markdown.split(f"### {title}\n\n", 1)[1].split("\n\n", 1)[0]
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")] for line in body.splitlines() if line.startswith("|")
+    ]
+    return {row[0]: row[1:] for row in [rows[0], *rows[2:]]}
+
+
+def test_report_of_hand_made_benchmark_runs_best_n_shares_and_figures(tmp_path):
+    import json
+
+    from ambig.report.build import build_report
+
+    jobs = hand_made_benchmark(tmp_path / "sweep")
+    report = build_report([tmp_path / "sweep"], tmp_path / "out")
+    md = report.markdown
+    section = md.split("## Test-time-scaling benchmark\n", 1)[1].split("\n## ", 1)[0]
+
+    iemocap = table(section, "iemocap")
+    assert iemocap["Model"] == ["cot_greedy (chain-of-thought prompting)", "vote", "best_of_n (Best-of-N)"]
+    assert iemocap[QWEN] == ["0.420 (N=1, 110 tok)", "0.350 (N=2, 200 tok)", "0.450 (N=2, 190 tok)"]
+    assert iemocap[OMNI] == ["0.600 (N=1, 70 tok)", "0.300 (N=1, 50 tok)", "–"]  # best_of_n: only failed
+    assert iemocap[f"{QWEN} (sft)"] == ["–", "–", "–"]
+    crema = table(section, "crema_d")
+    assert crema[QWEN] == ["–", "0.200 (N=1, 10 tok)", "–"]
+    assert crema[f"{QWEN} (sft)"] == ["–", "0.150 (N=1, 12 tok)", "–"]
+    assert crema[OMNI] == ["–", "–", "–"]
+    assert "tiny" not in iemocap  # tts_sweep's run is not the benchmark's
+
+    # answered / cut: weighted by trajectories over every strategy and N (by hand: 320 / 440, 110 / 440)
+    lines = section.split("### Trajectories", 1)[1].splitlines()
+    assert f"| {QWEN} | iemocap | 440 | 0.73 | 0.25 |" in lines
+    assert f"| {OMNI} | iemocap | 160 | 0.12 | 0.88 |" in lines  # (0 + 0 + 20) / 160, (40 + 80 + 20) / 160
+    assert f"| {OMNI} | crema_d | 0 | – | – |" in lines
+
+    missing = section.split("### Missing cells\n\n", 1)[1]
+    assert f"- iemocap / {OMNI} / best_of_n: no finished run; failed or unfinished: " in missing
+    assert f"`{jobs['omni_best_of_n_failed']}` (N=2)" in missing
+    assert "not run at all (no run or job in this report): self_consistency, weighted_best_of_n" in missing
+
+    summary = json.loads((report.out_dir / "summary.json").read_text())["tts_benchmark"]
+    best = summary["tables"]["iemocap"][QWEN]["vote"]["best"]
+    assert (best["n"], best["js"], best["generated_tokens_per_clip"]) == (2, 0.35, 200.0)
+    assert [p["n"] for p in summary["tables"]["iemocap"][QWEN]["vote"]["points"]] == [1, 2, 4]
+    assert summary["tables"]["iemocap"][OMNI]["best_of_n"]["best"] is None
+    assert {"dataset": "iemocap", "model": OMNI, "strategy": "best_of_n"} in summary["missing"]
+    shares = {(s["model"], s["dataset"]): s for s in summary["trajectories"]}
+    assert abs(shares[(QWEN, "iemocap")]["answered_share"] - 320 / 440) < 1e-12
+
+    for model in (QWEN, OMNI, f"{QWEN}_sft"):
+        assert (report.out_dir / f"tts_compute_{model}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"tts_compute_{model}.png" in summary_figures(report.out_dir)
+    # tts_compute.png still draws the other tts runs, without the benchmark's
+    assert (report.out_dir / "tts_compute.png").is_file()
+
+
+def summary_figures(out_dir: Path) -> list[str]:
+    import json
+
+    return json.loads((out_dir / "summary.json").read_text())["figures"]
+
+
+def test_a_report_without_benchmark_runs_has_no_benchmark_section(tmp_path):
+    from ambig.report.build import build_report
+
+    write_tts_run(
+        tmp_path / "sweep", 0, "tiny", "iemocap", "vote", 2, 0.7, 6.0, 8, 0.0, 1.0, experiment="tts_sweep"
+    )
+    report = build_report([tmp_path / "sweep"], tmp_path / "out")
+    assert "Test-time-scaling benchmark" not in report.markdown
+    assert (report.out_dir / "tts_compute.png").is_file()
+    assert not list(report.out_dir.glob("tts_compute_*.png"))
