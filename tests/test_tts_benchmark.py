@@ -5,8 +5,14 @@ to end."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
@@ -95,8 +101,6 @@ def write_job(sweep: Path, num: int, model: str, dataset: str, tts: str, n: int,
 def write_tts_run(sweep: Path, num: int, model: str, dataset: str, tts: str, n: int, js: float, tokens: float,
                   trajectories: int, answered: float, truncated: float, **kw) -> Path:  # fmt: skip
     """A finished `ambig.evaluate` job: metrics.json (as ambig.train.run writes it) and predictions.jsonl."""
-    import json
-
     job = write_job(sweep, num, model, dataset, tts, n, **kw)
     metrics = {"js": js, "bc": 0.5, "r2": 0.0, "brier": 0.1, "kl": 1.0, "accuracy": 0.5, "n": 4}
     metrics |= {"dataset": dataset, "test_dataset": dataset, "strategy": "base", "model": model}
@@ -150,8 +154,6 @@ def table(markdown: str, title: str) -> dict[str, list[str]]:
 
 
 def test_report_of_hand_made_benchmark_runs_best_n_shares_and_figures(tmp_path):
-    import json
-
     from ambig.report.build import build_report
 
     jobs = hand_made_benchmark(tmp_path / "sweep")
@@ -198,8 +200,6 @@ def test_report_of_hand_made_benchmark_runs_best_n_shares_and_figures(tmp_path):
 
 
 def summary_figures(out_dir: Path) -> list[str]:
-    import json
-
     return json.loads((out_dir / "summary.json").read_text())["figures"]
 
 
@@ -213,3 +213,62 @@ def test_a_report_without_benchmark_runs_has_no_benchmark_section(tmp_path):
     assert "Test-time-scaling benchmark" not in report.markdown
     assert (report.out_dir / "tts_compute.png").is_file()
     assert not list(report.out_dir.glob("tts_compute_*.png"))
+
+
+# --- the smoke sweep end to end ---------------------------------------------------------------------------
+
+# Every trajectory is cut at 6 tokens: the sweep checks that each cell runs and is reported, not its value.
+SMOKE = ["scale=smoke", "logger=none", "decoding.max_new_tokens=6", "decoding.refuse_short_budget=false"]
+SMOKE += ["eval_batch_size=2"]  # one test batch (scale=smoke) of two clips per job
+FILLED = re.compile(r"^\d\.\d{3} \(N=\d+, \d+ tok\)$")
+
+
+def smoke_sweep(root: Path, sweep_dir: Path, *args: str) -> None:
+    """`python -m ambig.evaluate -m experiment=tts_benchmark scale=smoke ...` into `sweep_dir`."""
+    env = {**os.environ, "AMBIG_RUNS_DIR": str(root / "runs"), "AMBIG_CACHE_DIR": str(root / "cache")}
+    cmd = [sys.executable, "-m", "ambig.evaluate", "-m", "experiment=tts_benchmark", *SMOKE, *args]
+    cmd.append(f"hydra.sweep.dir={sweep_dir}")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def benchmark_tables(markdown: str, datasets: list[str]) -> dict[str, dict[str, list[str]]]:
+    section = markdown.split("## Test-time-scaling benchmark\n", 1)[1].split("\n## ", 1)[0]
+    return {data: table(section, data) for data in datasets}
+
+
+@pytest.mark.slow
+def test_the_smoke_benchmark_runs_every_twin_on_two_datasets_and_the_report_fills_every_cell(tmp_path):
+    from ambig.report.build import build_report
+
+    sweep, datasets = tmp_path / "tts_benchmark", "dataset=iemocap,msp_podcast"
+    smoke_sweep(tmp_path, sweep / "sampled", datasets, "tts=vote,weighted_best_of_n", "tts.n=1,2")
+    smoke_sweep(tmp_path, sweep / "cot_greedy", datasets, "tts=cot_greedy", "tts.n=1")
+    report = build_report([sweep])
+    assert not report.aggregate.failed and len(report.aggregate.cells) == 3 * 2 * (2 * 2 + 1)
+    summary = json.loads((report.out_dir / "summary.json").read_text())["tts_benchmark"]
+    assert summary["models"] == sorted(TWINS) and summary["datasets"] == ["iemocap", "msp_podcast"]
+    assert summary["strategies"] == ["cot_greedy", "vote", "weighted_best_of_n"] and not summary["missing"]
+    for data, rows in benchmark_tables(report.markdown, summary["datasets"]).items():
+        assert sorted(rows) == sorted(["Model", *TWINS]), data
+        for model in TWINS:
+            assert all(FILLED.match(cell) for cell in rows[model]), (data, model, rows[model])
+            assert "(N=1," in rows[model][0]  # cot_greedy: one trajectory
+    for shares in summary["trajectories"]:  # 6 tokens: no trajectory reaches Answer:, the budget cuts all
+        assert shares["trajectories"] > 0 and shares["truncated_share"] == 1.0, shares
+    for model in TWINS:
+        assert (report.out_dir / f"tts_compute_{model}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_every_benchmark_strategy_runs_at_smoke_scale_and_fills_its_column(tmp_path):
+    from ambig.report.build import build_report
+    from ambig.report.tts_benchmark import STRATEGIES
+
+    sweep, args = tmp_path / "tts_benchmark", ["model=tiny_audio_flamingo_3", "dataset=crema_d"]
+    smoke_sweep(tmp_path, sweep / "sampled", *args, "tts.n=2")  # the experiment's six sampled strategies
+    smoke_sweep(tmp_path, sweep / "cot_greedy", *args, "tts=cot_greedy", "tts.n=1")
+    report = build_report([sweep])
+    rows = benchmark_tables(report.markdown, ["crema_d"])["crema_d"]
+    assert [title.split(" ")[0] for title in rows["Model"]] == list(STRATEGIES)
+    assert all(FILLED.match(cell) for cell in rows["tiny_audio_flamingo_3"]), rows
