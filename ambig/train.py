@@ -235,11 +235,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     resumed_from = resume_checkpoint(run_dir) if cfg.resume else None
 
     model, processor = load_model(cfg.model)
+    family = model_family(cfg.model)
     store = FeatureStore(
-        processor.feature_extractor,
+        family.audio_format.extractor(processor),
         sample_rate=cfg.model.sample_rate,
         max_seconds=cfg.model.max_audio_seconds,
         cache_dir=cfg.features.cache_dir if cfg.features.cache else None,
+        audio_format=family.audio_format,  # the family's arrays (Audio Flamingo 3: input_features_mask)
     )
     split, audio_skips, cut = validated_split(split, store)
     if cfg.cot.enabled and get_class(cfg.strategy._target_).trains:
@@ -271,7 +273,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             cot=cfg.cot.enabled,
             ce_answer_word=cfg.loss.ce_answer_word,
             sample_rate=cfg.model.sample_rate,
-            family=model_family(cfg.model),
+            family=family,
         )
         for classes in (corpus.classes, test_classes)
     )

@@ -1,4 +1,5 @@
 """Write a report: collect runs, aggregate them, and write report.md, report.tex, summary.json and figures
+(with the test-time-scaling benchmark's tables and figures when its runs are there: tts_benchmark.py)
 into a directory that must not exist yet (an earlier report is never overwritten)."""
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ from ambig.report.figures import draw_figures
 from ambig.report.paper import PaperResults, load_paper_results
 from ambig.report.render import render_latex, render_markdown
 from ambig.report.summary import summary
+from ambig.report.tts_benchmark import (
+    benchmark_cells,
+    benchmark_record,
+    collect_benchmark,
+    draw_benchmark,
+    render_benchmark,
+)
 from ambig.results import write_new
 
 
@@ -55,11 +63,18 @@ def make_out_dir(out_dir: Path) -> None:
 
 def write_outputs(out_dir: Path, agg: Aggregate, paper: PaperResults, inputs: list[Path]) -> str:
     """Figures, report.md, report.tex and summary.json into ``out_dir``; returns the Markdown."""
-    figures = draw_figures(agg.cells, out_dir)
-    markdown = render_markdown(agg, paper, figures.written, figures.notes)
+    bench = collect_benchmark(agg)
+    figures = draw_figures(agg.cells, out_dir, tts_apart=frozenset(benchmark_cells(agg, bench)))
+    sections = []
+    if bench.points or bench.failed:
+        draw_benchmark(bench, out_dir, figures)
+        sections.append(render_benchmark(bench, figures.written))
+    markdown = render_markdown(agg, paper, figures.written, figures.notes, sections)
     write_new(out_dir / "report.md", markdown)
     write_new(out_dir / "report.tex", render_latex(agg, paper))
     doc = summary(agg, paper, inputs, figures.written, figures.notes)
+    if bench.points or bench.failed:
+        doc["tts_benchmark"] = benchmark_record(bench)
     write_new(out_dir / "summary.json", json.dumps(doc, indent=2) + "\n")
     return markdown
 

@@ -240,11 +240,12 @@ def draw_tts(cells: list[Cell], out_dir: Path, figures: Figures) -> None:
     save(fig, out_dir / "tts_compute.png", figures)
 
 
-def draw_figures(cells: list[Cell], out_dir: Path) -> Figures:
-    """All figures of the report into ``out_dir``."""
+def draw_figures(cells: list[Cell], out_dir: Path, tts_apart: frozenset[CellKey] = frozenset()) -> Figures:
+    """All figures of the report into ``out_dir``; tts_compute.png leaves out the cells in ``tts_apart``
+    (the test-time-scaling benchmark's, drawn per model: ambig.report.tts_benchmark)."""
     figures = Figures()
     draw_fig2(cells, out_dir, figures)
-    draw_tts(cells, out_dir, figures)
+    draw_tts([c for c in cells if c.key not in tts_apart], out_dir, figures)
     for group_cells in group_tables(cells).values():
         for cell in group_cells:
             same_strategy = [c.key for c in group_cells if c.key.strategy == cell.key.strategy]

@@ -201,9 +201,16 @@ def section(title: str, lines: list[str]) -> str:
     return f"## {title}\n\n" + ("\n".join(lines) if lines else "None.")
 
 
-def render_markdown(agg: Aggregate, paper: PaperResults, figures: list[Path], notes: list[str]) -> str:
-    """The whole Markdown report: tables, the paper's claims checked on them, then incomplete, failed,
-    superseded, figures and notes."""
+def render_markdown(
+    agg: Aggregate,
+    paper: PaperResults,
+    figures: list[Path],
+    notes: list[str],
+    sections: list[str] | tuple[str, ...] = (),
+) -> str:
+    """The whole Markdown report: tables, the paper's claims checked on them, any further ``sections``
+    (Markdown, e.g. the test-time-scaling benchmark's), then incomplete, failed, superseded, figures and
+    notes."""
     n_runs = sum(len(c.runs) for c in agg.cells)
     intro = (
         f"# Results\n\n{n_runs} run(s) averaged into {len(agg.cells)} cell(s); "
@@ -224,6 +231,7 @@ def render_markdown(agg: Aggregate, paper: PaperResults, figures: list[Path], no
         intro,
         *tables,
         *([claims] if claims else []),
+        *sections,
         section("Incomplete", incomplete_lines(agg)),
         section("Failed or unfinished runs", [failed_line(j, agg) for j in agg.failed]),
         section("Superseded runs", superseded),
