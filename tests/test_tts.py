@@ -188,7 +188,7 @@ def test_the_sweep_runs_at_smoke_scale_and_the_report_draws_compute_vs_quality(i
 
     env = {**os.environ, "AMBIG_RUNS_DIR": str(isolated / "runs"), "AMBIG_CACHE_DIR": str(isolated / "cache")}
     cmd = [sys.executable, "-m", "ambig.evaluate", "-m", "experiment=tts_sweep", "scale=smoke", "tts.n=1,2"]
-    cmd += ["tts=self_consistency,verifier"]  # two of the sweep's strategies (every one: the benchmark's tests)
+    cmd += ["tts=self_consistency,verifier"]  # two of its strategies (every one: the benchmark's tests)
     cmd += [
         "dataset.corpus.n_utterances=30",
         "logger=none",
@@ -200,9 +200,5 @@ def test_the_sweep_runs_at_smoke_scale_and_the_report_draws_compute_vs_quality(i
     (sweep,) = (isolated / "runs" / "multirun").glob("*")
     report = build_report([sweep])
     labels = {c.key.strategy for c in report.aggregate.cells}
-    assert labels == {
-        f"base+{t}-n{n}"
-        for t in ("self_consistency", "verifier")
-        for n in (1, 2)
-    }
+    assert labels == {f"base+{t}-n{n}" for t in ("self_consistency", "verifier") for n in (1, 2)}
     assert (report.out_dir / "tts_compute.png").read_bytes()[:4] == b"\x89PNG"
