@@ -50,6 +50,18 @@ class TinySpec:
     def max_source_positions(self) -> int:
         return self.chunk_length * 50
 
+    def text_sizes(self) -> dict:
+        """The language model's sizes, as every twin's text config takes them (with its own token ids)."""
+        return {
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "max_position_embeddings": 4096,
+            "tie_word_embeddings": False,
+        }
+
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True) + _tokenizer_path().read_text()
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -121,13 +133,7 @@ def build_tiny(out_dir: str | Path, spec: TinySpec) -> Path:
         ),
         text_config=Qwen2Config(
             vocab_size=len(tokenizer),
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_hidden_layers,
-            num_attention_heads=spec.num_attention_heads,
-            num_key_value_heads=spec.num_key_value_heads,
-            max_position_embeddings=4096,
-            tie_word_embeddings=False,
+            **spec.text_sizes(),
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         ),
