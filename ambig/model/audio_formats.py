@@ -10,6 +10,8 @@ cached on disk (ambig.data.features) and the prompt expanded without running the
   padded to the extractor's window (`input_features` (n_mels, frames)) and the clip's frames
   (`feature_attention_mask` (frames,)); tokens = the encoder's two stride-2 stages.
 - `whisper_frames`: Audio Flamingo 3: the same arrays, the mask named `input_features_mask`.
+- `voxtral_chunks`: Voxtral: Whisper log-mels of the clip padded to a whole 30 s chunk (`input_features`
+  (n_mels, 3000), no mask: the encoder attends to the padding, as the release does), 375 tokens per chunk.
 
 A clip is always padded to the family's fixed window, never to the longest clip of its batch: a clip's
 arrays, and so its logits, do not depend on the batch it sits in.
@@ -110,6 +112,49 @@ WHISPER_FRAMES = AudioFormat(
     extract=_whisper("input_features_mask"),
 )
 
-FORMATS = (WHISPER_MASKED, WHISPER_FRAMES)
+
+def _voxtral_kwargs() -> dict:
+    """VoxtralProcessor's audio defaults: clips padded to a multiple of `pad_to_multiple_of` samples (30 s),
+    cut into rows of `max_source_positions` mel frames (3000)."""
+    from transformers import VoxtralProcessor
+
+    return dict(VoxtralProcessor.audio_kwargs)
+
+
+def _voxtral_window(feature_extractor) -> float:
+    kw = _voxtral_kwargs()
+    return kw["pad_to_multiple_of"] / kw["sampling_rate"]
+
+
+def _voxtral_extract(feature_extractor, wav: np.ndarray, sample_rate: int) -> Features:
+    """VoxtralProcessor._retrieve_input_features for one clip of at most one chunk (a longer clip is cut to
+    its first chunk: the processor would give it one row per chunk). Audio tokens: mistral-common's count,
+    one per `sampling_rate / frame_rate` = 1280 samples of the padded clip (8 mel hops: the encoder's stride
+    2, then 4 frames per token in the projector), so 375 per 30 s chunk whatever the clip's length."""
+    kw = _voxtral_kwargs()
+    chunk, frames = kw["pad_to_multiple_of"], kw["max_source_positions"]
+    if sample_rate != kw["sampling_rate"]:
+        raise ValueError(f"Voxtral takes {kw['sampling_rate']} Hz audio, got {sample_rate} Hz")
+    cut = wav.shape[0] > chunk
+    out = feature_extractor(
+        wav[:chunk],
+        sampling_rate=sample_rate,
+        padding=True,
+        truncation=False,
+        pad_to_multiple_of=chunk,
+        return_tensors="np",
+    )
+    features = out["input_features"].reshape(feature_extractor.feature_size, -1, frames)[:, 0]
+    return Features({"input_features": features.astype(np.float32)}, frames // 8, cut)
+
+
+VOXTRAL_CHUNKS = AudioFormat(
+    name="voxtral_chunks",
+    keys=("input_features",),
+    extract=_voxtral_extract,
+    window_seconds=_voxtral_window,
+)
+
+FORMATS = (WHISPER_MASKED, WHISPER_FRAMES, VOXTRAL_CHUNKS)
 # every audio input name some family takes: how a batch without its `audio_keys` entry is read
 ALL_AUDIO_KEYS = tuple(dict.fromkeys(k for f in FORMATS for k in f.keys))

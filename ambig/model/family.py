@@ -10,6 +10,8 @@ Everything else (the read-out, the strategies, test-time scaling) is shared.
 - `qwen2_5_omni_thinker`: the thinker (text output) of Qwen2.5-Omni; the talker (speech output) is not loaded.
 - `audio_flamingo3`: Audio Flamingo 3 (ambig.model.twins.audio_flamingo3), prompts from its processor's
   own chat template (as every family added from here on).
+- `voxtral`: Voxtral Mini 3B and Small 24B (ambig.model.voxtral_processor: the processor without
+  mistral-common, a chat template that writes mistral-common's prompt; ambig.model.twins.voxtral).
 - `smollm2_audio`: `model=mini`, Qwen2-Audio's architecture around SmolLM2-135M-Instruct (a Llama) and Whisper
   tiny.en's encoder (ambig.model.mini); a Qwen2-Audio checkpoint told apart by its text model's type.
 """
@@ -20,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ambig.model import prompt
-from ambig.model.audio_formats import WHISPER_FRAMES, WHISPER_MASKED, AudioFormat
+from ambig.model.audio_formats import VOXTRAL_CHUNKS, WHISPER_FRAMES, WHISPER_MASKED, AudioFormat
 from ambig.model.prompt import QWEN2_5_OMNI, QWEN2_AUDIO, SMOLLM2_AUDIO, ChatTemplate
 
 DEFAULT_FAMILY = "qwen2_audio"
@@ -124,6 +126,18 @@ def _build_tiny_af3(out_dir, spec):
     return build_tiny_af3(out_dir, spec)
 
 
+def _build_tiny_voxtral(out_dir, spec):
+    from ambig.model.twins.voxtral import build_tiny_voxtral
+
+    return build_tiny_voxtral(out_dir, spec)
+
+
+def _voxtral_processor(source: str, model_cfg):
+    from ambig.model.voxtral_processor import load_voxtral_processor
+
+    return load_voxtral_processor(source, model_cfg)
+
+
 def _auto_processor(source: str, model_cfg):
     from transformers import AutoProcessor
 
@@ -208,6 +222,25 @@ FAMILIES = {
             architecture="audio_flamingo3",
             make_spec=_tiny_spec,
             audio_format=WHISPER_FRAMES,
+        ),
+        # Voxtral (mistralai/Voxtral-Mini-3B-2507, -Small-24B-2507): a Whisper-large-v3 shaped encoder, a
+        # projector of 4 frames per token, a Llama-layout (Mistral) language model; the prompt in
+        # mistral-common's format through ambig's chat template (ambig.model.voxtral_processor), no system
+        # turn (mistral-common refuses one beside audio), the audio as `[BEGIN_AUDIO]` + 375 `[AUDIO]`.
+        ModelFamily(
+            name="voxtral",
+            model_class="VoxtralForConditionalGeneration",
+            model_type="voxtral",
+            checkpoint_types=("voxtral",),
+            template=None,
+            towers=("audio_tower",),
+            audio_modules=("audio_tower", "multi_modal_projector"),
+            load_processor=_voxtral_processor,
+            build_tiny=_build_tiny_voxtral,
+            tiny_prefix="tiny-voxtral",
+            architecture="voxtral",
+            make_spec=_tiny_spec,
+            audio_format=VOXTRAL_CHUNKS,
         ),
     )
 }

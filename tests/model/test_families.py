@@ -72,6 +72,9 @@ def test_every_model_config_names_its_family():
         "qwen2_audio_7b_instruct": "qwen2_audio",
         "tiny": "qwen2_audio",
         "tiny_omni": "qwen2_5_omni_thinker",
+        "tiny_voxtral": "voxtral",
+        "voxtral_mini_3b": "voxtral",
+        "voxtral_small_24b": "voxtral",
     }
     assert set(families.values()) == set(FAMILIES)
 

@@ -5,15 +5,23 @@ and loads through `load_model`; the prompt is the processor's `apply_chat_templa
 audio inputs and the audio token count are the processor's own (`processor(text=..., audio=...)`); the
 read-out's class tokens; a batch's logits equal each clip's alone; greedy and sampled generation; every
 `tts=` strategy; one SFT step moves only the adapter.
+
+Voxtral's processor builds an audio prompt only through mistral-common (its tokenizer backend), which ambig
+does without (ambig.model.voxtral_processor); its reference here is mistral-common's own
+`apply_chat_template`, on the twin's tekken.json (mistral-common is a test dependency, see the Makefile).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -38,7 +46,62 @@ TWINS = {
         "AudioFlamingo3ForConditionalGeneration",
         "AudioFlamingo3Processor",
     ),
+    "tiny_voxtral": ("voxtral", "voxtral", "VoxtralForConditionalGeneration", "VoxtralProcessor"),
 }
+# twins whose reference is mistral-common's processor path rather than `processor(text=, audio=)`
+MISTRAL_COMMON = {"tiny_voxtral"}
+
+
+def user_turn(transcript, audio) -> list[dict]:
+    text = {"type": "text", "text": prompt.instruction(CLASSES, transcript, True)}
+    return [{"role": "user", "content": [{"type": "audio", "audio": audio}, text]}]
+
+
+def mistral_common_processor(cfg):
+    """The release's own processor on the twin's files: AutoProcessor with mistral-common importable gives
+    VoxtralProcessor around MistralCommonBackend (tekken.json read by mistral-common)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(resolve_source(cfg))
+    assert type(processor.tokenizer).__name__ == "MistralCommonBackend"
+    return processor
+
+
+def mistral_common_inputs(cfg, messages: list[dict], **text_kwargs):
+    """mistral-common's encoding of `messages` (audio parts as float WAV, so nothing is quantised)."""
+    converted = []
+    for message in messages:
+        content = message["content"]
+        if not isinstance(content, str):
+            content = [_as_base64(part) for part in content]
+        converted.append({**message, "content": content})
+    processor = mistral_common_processor(cfg)
+    kwargs = {"processor_kwargs": {"text_kwargs": text_kwargs}} if text_kwargs else {}
+    return processor.apply_chat_template([converted], **kwargs)
+
+
+def _as_base64(part: dict) -> dict:
+    if part.get("type") != "audio":
+        return part
+    buf = io.BytesIO()
+    sf.write(buf, part["audio"], RATE, format="WAV", subtype="FLOAT")
+    return {"type": "audio", "base64": base64.b64encode(buf.getvalue()).decode()}
+
+
+def reference_prompt(name, cfg, processor, transcript) -> str:
+    """The release processor's prompt text for one clip, with its audio placeholder written once."""
+    messages = user_turn(transcript, np.zeros(RATE, dtype=np.float32))
+    if name in MISTRAL_COMMON:
+        (text,) = mistral_common_inputs(cfg, messages, tokenize=False)
+        return re.sub(rf"(?:{re.escape(processor.audio_token)})+", processor.audio_token, text, count=1)
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def reference_inputs(name, cfg, processor, text, transcript, audio) -> dict:
+    """The release processor's input ids and audio arrays for one clip (batch dimension kept)."""
+    if name in MISTRAL_COMMON:
+        return mistral_common_inputs(cfg, user_turn(transcript, audio))
+    return processor(text=[text], audio=[audio], sampling_rate=RATE, return_tensors="pt")
 
 
 def twin_cfg(name: str, cache_dir: Path, lora: bool = True):
@@ -75,32 +138,27 @@ def test_the_twin_is_written_in_the_release_layout_and_loads_through_from_pretra
     config = json.loads((source / "config.json").read_text())
     assert config["model_type"] == model_type and config["architectures"] == [architecture]
     assert type(model).__name__ == architecture and type(processor).__name__ == processor_class
+    if name in MISTRAL_COMMON:  # the release: tekken.json, no tokenizer_config.json, no chat template
+        assert (source / "tekken.json").exists() and not (source / "tokenizer_config.json").exists()
+        assert not (source / "chat_template.jinja").exists()
+        return
     assert (source / "chat_template.jinja").exists() or "chat_template" in json.loads(
         (source / "tokenizer_config.json").read_text()
     )
 
 
 def test_the_prompt_is_the_processors_chat_template_with_an_audio_part(twin):
-    _, _, _, processor, builder = twin
-    messages = [
-        {
-            "role": "user",
-            "content": [
-                {"type": "audio", "audio": np.zeros(RATE, dtype=np.float32)},
-                {"type": "text", "text": prompt.instruction(CLASSES, "I can't believe it.", True)},
-            ],
-        }
-    ]
-    theirs = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    name, cfg, _, processor, builder = twin
+    theirs = reference_prompt(name, cfg, processor, "I can't believe it.")
     assert builder.prompt_text("I can't believe it.") == theirs
     assert theirs.count(processor.audio_token) == 1
 
 
 def test_audio_inputs_and_token_counts_equal_the_processors_own(twin, examples):
-    _, _, _, processor, builder = twin
+    name, cfg, _, processor, builder = twin
     for ex in examples[:3]:
         text = builder.prompt_text(ex.record.transcript)
-        ref = processor(text=[text], audio=[ex.audio], sampling_rate=RATE, return_tensors="pt")
+        ref = reference_inputs(name, cfg, processor, text, ex.record.transcript, ex.audio)
         features = builder.features_of(ex)
         assert builder.prompt_ids(ex.record.transcript, features.n_tokens) == ref["input_ids"][0].tolist()
         audio_id = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
@@ -129,6 +187,50 @@ def test_the_end_of_turn_and_verification_turn_come_from_the_template(twin):
     assert closed.split("Answer: sad", 1)[1].lstrip().startswith(end)
     turn = processor.tokenizer.decode(builder.verification_ids())
     assert prompt.VERIFY_QUESTION in turn and turn.startswith(end)
+
+
+def test_a_trajectory_and_the_verification_turn_encode_as_the_release_does(twin):
+    """Prompt + trajectory + verification turn (tts=verifier) as ids, against the release processor's encoding
+    of the same conversation (Voxtral: mistral-common's; the others: their chat template, tokenised)."""
+    name, cfg, _, processor, builder = twin
+    trajectory = "Keywords: none\nAnswer: sad"
+    audio = np.zeros(RATE, dtype=np.float32)
+    conversation = [
+        *user_turn("Fine.", audio),
+        {"role": "assistant", "content": trajectory},
+        {"role": "user", "content": [{"type": "text", "text": prompt.VERIFY_QUESTION}]},
+    ]
+    tokenizer = processor.tokenizer
+    if name in MISTRAL_COMMON:
+        theirs = mistral_common_inputs(cfg, conversation)["input_ids"][0].tolist()
+        fmt = builder.audio_format
+        n_audio = fmt.extract(fmt.extractor(processor), audio, RATE).n_tokens
+    else:
+        text = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        theirs, n_audio = tokenizer(text, add_special_tokens=False).input_ids, 1
+    ours = builder.prompt_ids("Fine.", n_audio)
+    ours += tokenizer(trajectory, add_special_tokens=False).input_ids + builder.verification_ids()
+    assert ours == theirs
+
+
+def test_voxtral_refuses_a_system_turn_beside_audio_as_mistral_common_does(tmp_path):
+    from ambig.model.family import family_named
+
+    cfg = twin_cfg("tiny_voxtral", tmp_path, lora=False)
+    processor = family_named("voxtral").load_processor(resolve_source(cfg), cfg)
+    messages = prompt.conversation(CLASSES, "Fine.", True, system_prompt="Be brief.")
+    with pytest.raises(Exception, match="no system turn in a conversation with audio"):
+        prompt.render(processor, messages, add_generation_prompt=True)
+    audio = {"type": "audio", "audio": np.zeros(RATE, dtype=np.float32)}
+    messages[1]["content"][0] = audio
+    with pytest.raises(Exception, match="(?i)system"):
+        mistral_common_inputs(cfg, messages)
+    text_only = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi."}]
+    theirs = mistral_common_inputs(cfg, text_only)["input_ids"][0].tolist()
+    ours = processor.tokenizer(
+        prompt.render(processor, text_only, add_generation_prompt=True), add_special_tokens=False
+    ).input_ids
+    assert ours == theirs  # a system turn without audio: [SYSTEM_PROMPT]...[/SYSTEM_PROMPT] as mistral-common
 
 
 def test_a_batch_gives_each_clip_its_own_logits(twin, examples):
