@@ -44,6 +44,8 @@ from ambig.model.family import model_family
 from ambig.model.inputs import BatchBuilder
 from ambig.model.load import load_model
 from ambig.results import format_table, write_results
+from ambig.tts.strategies import check_tts
+from ambig.tts.verifier import build_verifier
 
 log = logging.getLogger("ambig.train")
 
@@ -136,7 +138,9 @@ def resolve_budgets(cfg: DictConfig, lengths: TargetLengths | None) -> None:
     )
 
 
-def build_strategy(cfg: DictConfig, model, builder: BatchBuilder, test_builder: BatchBuilder | None = None):
+def build_strategy(
+    cfg: DictConfig, model, builder: BatchBuilder, test_builder: BatchBuilder | None = None, verifier=None
+):
     cls = get_class(cfg.strategy._target_)
     extra = {
         k: v
@@ -149,12 +153,12 @@ def build_strategy(cfg: DictConfig, model, builder: BatchBuilder, test_builder: 
         **OmegaConf.to_container(cfg.strategy.optim, resolve=True),
     }
     try:
-        return build(cls, cfg, model, builder, test_builder, optim, extra)
+        return build(cls, cfg, model, builder, test_builder, optim, extra, verifier)
     except ValueError as err:  # a strategy refusing its settings: the user's config
         raise ConfigError(f"strategy={cfg.strategy.name}: {err}") from err
 
 
-def build(cls, cfg, model, builder, test_builder, optim, extra):
+def build(cls, cfg, model, builder, test_builder, optim, extra, verifier=None):
     return cls(
         model,
         builder,
@@ -166,6 +170,7 @@ def build(cls, cfg, model, builder, test_builder, optim, extra):
         output_format=cfg.model.get("output_format", "ambig"),
         on_nonfinite_loss=cfg.on_nonfinite_loss,
         tts=OmegaConf.to_container(cfg.tts, resolve=True) if cfg.get("tts") else None,
+        verifier=verifier,
         **extra,
     )
 
@@ -281,7 +286,22 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     lengths = target_lengths(cfg, builder, split, corpus.classes, trains)
     resolve_budgets(cfg, lengths)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the budgets as numbers
-    strategy = build_strategy(cfg, model, builder, test_builder)
+    verifier = None
+    if cfg.get("tts") and cfg.tts.get("verifier_model"):  # another model checks the trajectories
+        try:  # a tts the verifier model does not apply to: refused before loading it
+            check_tts(OmegaConf.to_container(cfg.tts, resolve=True))
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        verifier = build_verifier(
+            cfg.tts,
+            paths=cfg.paths,
+            records=split.test,
+            classes=test_classes,
+            prompt_classes=corpus.classes,
+            cot=cfg.cot.enabled,
+            cache_dir=cfg.features.cache_dir if cfg.features.cache else None,
+        )
+    strategy = build_strategy(cfg, model, builder, test_builder, verifier)
     datamodule = EmotionDataModule(
         split,
         builder,
@@ -349,6 +369,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.get("tts"):  # test-time scaling (python -m ambig.evaluate): the strategy and its compute
         clips = max(strategy.compute["clips"], 1.0)
         metrics["tts"] = {"name": cfg.tts.name, "n": int(cfg.tts.n)}
+        if cfg.tts.get("verifier_model"):
+            metrics["tts"]["verifier_model"] = str(cfg.tts.verifier_model)
         metrics["compute"] = {
             "generated_tokens_per_clip": strategy.compute["generated_tokens"] / clips,
             "forward_passes_per_clip": strategy.compute["forward_passes"] / clips,

@@ -71,6 +71,7 @@ class AmbigModule(pl.LightningModule):
         on_nonfinite_loss: str = "stop",
         tts: dict | None = None,
         audio_cache: str = "none",
+        verifier=None,
     ):
         super().__init__()
         if audio_cache not in AUDIO_CACHES:
@@ -80,6 +81,9 @@ class AmbigModule(pl.LightningModule):
         if tts is not None:
             check_tts(tts)
         self.tts = tts  # test-time scaling at test (ambig.tts.strategies); None: the default read-out
+        # tts.verifier_model's model (ambig.tts.verifier.ModelVerifier): a plain attribute, not a submodule,
+        # so it is in no checkpoint and no optimizer; moved to the strategy's device when testing starts
+        self.verifier = verifier
         self.compute = {"clips": 0.0, "generated_tokens": 0.0, "forward_passes": 0.0}
         # Test trajectories: how many, how many wrote the answer prefix, how many the budget cut.
         self.trajectories = {"n": 0.0, "answered": 0.0, "truncated": 0.0}
@@ -256,7 +260,7 @@ class AmbigModule(pl.LightningModule):
         tts: dict | None = None,
     ) -> None:
         if tts is not None:
-            out = run_tts(self.model, batch, builder, tts)
+            out = run_tts(self.model, batch, builder, tts, verifier=self.verifier)
             q, texts = out.q.to(batch["p"].device), out.texts
             self.compute["clips"] += len(batch["ids"])
             self.compute["generated_tokens"] += float(out.tokens.sum())
@@ -282,6 +286,8 @@ class AmbigModule(pl.LightningModule):
         self._log_metrics("val", self.val_metrics)
 
     def on_test_epoch_start(self) -> None:
+        if self.verifier is not None:
+            self.verifier.to(self.device)
         self.predictions = []
         self.compute = dict.fromkeys(self.compute, 0.0)
         self.trajectories = dict.fromkeys(self.trajectories, 0.0)

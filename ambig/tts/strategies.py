@@ -13,6 +13,7 @@
   weighted by p(yes).
 - `verifier_best_of_n`: the same checks, the read-out of the trajectory with the highest p(yes) (the
   benchmark's ALM verifier; `verifier` is its weighted verifier).
+  Both take `tts.verifier_model=<model config>`: another model does the checks (ambig.tts.verifier).
 
 Compute is counted per clip: generated tokens, and forward passes (one per generated token, plus a read-out
 appended after a trajectory without the answer prefix, plus one scoring pass per trajectory for the
@@ -30,6 +31,7 @@ from ambig.model.inputs import BatchBuilder, completion_batch
 from ambig.rollout import completions, decode, expand, last_logits, read_after, sample
 from ambig.scoring import completion_logps, masked_sum
 from ambig.tts.combine import best_index, likelihood_weights, mean_readout, vote, weighted
+from ambig.tts.verifier import p_yes, yes_no_ids  # noqa: F401  (yes_no_ids: part of this module's API)
 
 TTS_STRATEGIES = (
     "direct",
@@ -66,9 +68,17 @@ class TTSOutput:
     truncated: Tensor
 
 
+VERIFYING = ("verifier_best_of_n", "verifier")  # the strategies tts.verifier_model applies to
+
+
 def check_tts(tts: dict) -> None:
     if tts["name"] not in TTS_STRATEGIES:
         raise ValueError(f"tts={tts['name']!r}: choose one of {', '.join(TTS_STRATEGIES)}")
+    if tts.get("verifier_model") and tts["name"] not in VERIFYING:
+        raise ValueError(
+            f"tts.verifier_model={tts['verifier_model']!r} is used by tts={' and tts='.join(VERIFYING)} "
+            f"only, not tts={tts['name']}"
+        )
     if tts["name"] in SAMPLED and int(tts["n"]) < 1:
         raise ValueError(f"tts.n must be >= 1, got {tts['n']}")
 
@@ -79,9 +89,15 @@ def normalised(log_q: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def run_tts(model, batch: dict, builder: BatchBuilder, tts: dict) -> TTSOutput:
-    """The clip-level prediction of `batch` under strategy `tts` (a resolved conf/tts entry)."""
+def run_tts(model, batch: dict, builder: BatchBuilder, tts: dict, verifier=None) -> TTSOutput:
+    """The clip-level prediction of `batch` under strategy `tts` (a resolved conf/tts entry); `verifier`: the
+    model of `tts.verifier_model` (ambig.tts.verifier.ModelVerifier), None: the model verifies itself."""
     check_tts(tts)
+    if bool(tts.get("verifier_model")) != (verifier is not None):
+        raise ValueError(
+            f"tts.verifier_model={tts.get('verifier_model')!r} but "
+            f"{'no verifier model was' if verifier is None else 'a verifier model was also'} given"
+        )
     n_clips = len(batch["ids"])
     if tts["name"] == "direct":
         q = normalised(read_after(model, batch, builder, [[] for _ in range(n_clips)]))
@@ -103,12 +119,15 @@ def run_tts(model, batch: dict, builder: BatchBuilder, tts: dict) -> TTSOutput:
         q = torch.stack([mean_readout(q_all[c]) for c in range(n_clips)])
     elif tts["name"] == "vote":
         q = torch.stack([vote(q_all[c]) for c in range(n_clips)])
-    elif tts["name"] in ("verifier", "verifier_best_of_n"):
-        p_yes = verifier_scores(model, batch, builder, out, n)
-        if tts["name"] == "verifier":
-            q = torch.stack([weighted(q_all[c], p_yes[c]) for c in range(n_clips)])
+    elif tts["name"] in VERIFYING:
+        if verifier is None:
+            scores = verifier_scores(model, batch, builder, out, n)
         else:
-            shown = [best_index(p_yes[c]) for c in range(n_clips)]
+            scores = verifier.scores(batch["ids"], out.texts, n)
+        if tts["name"] == "verifier":
+            q = torch.stack([weighted(q_all[c], scores[c]) for c in range(n_clips)])
+        else:
+            shown = [best_index(scores[c]) for c in range(n_clips)]
         forwards = forwards + n  # one verification pass per trajectory
     else:  # best_of_n, weighted_best_of_n: scored by the length-normalised log-likelihood
         logps, scored = trajectory_logps(model, batch, builder, out, n)
@@ -135,20 +154,10 @@ def trajectory_logps(model, batch: dict, builder: BatchBuilder, out, n: int):
     return total.view(n_clips, n).cpu(), mask.sum(-1).clamp(min=1).float().view(n_clips, n).cpu()
 
 
-def yes_no_ids(builder: BatchBuilder) -> tuple[int, int]:
-    """The first token of "yes" and of "no" as the assistant's first word; refused if they coincide."""
-    yes, no = (builder.tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("yes", "no"))
-    if yes == no:
-        raise ValueError("'yes' and 'no' start with the same token: the verifier cannot tell them apart")
-    return yes, no
-
-
 @torch.no_grad()
 def verifier_scores(model, batch: dict, builder: BatchBuilder, out, n: int) -> Tensor:
     """p(yes) (clips, n) of each trajectory under the model asked to verify it (prompt with the audio,
     the trajectory, then the family's verification turn: `BatchBuilder.verification_ids`)."""
     turn = builder.verification_ids()
     logits = last_logits(model, expand(batch, n), builder, [tail + turn for tail in out.tokens])
-    yes, no = yes_no_ids(builder)
-    p_yes = torch.softmax(logits[:, [yes, no]].float(), dim=-1)[:, 0]
-    return p_yes.view(len(batch["ids"]), n).cpu()
+    return p_yes(logits, builder).view(len(batch["ids"]), n).cpu()
