@@ -38,6 +38,16 @@ TWINS = {
         "AudioFlamingo3ForConditionalGeneration",
         "AudioFlamingo3Processor",
     ),
+    "tiny_gemma3n": ("gemma3n", "gemma3n", "Gemma3nForConditionalGeneration", "Gemma3nProcessor"),
+}
+# twin config -> what its processor call takes beyond text and audio to write the model's inputs as ambig does:
+# Gemma 3n's template writes <bos> itself (the processor's own apply_chat_template then tokenizes without
+# special tokens), and every clip is padded to its extractor's 30 s window (ambig.model.audio_formats.GEMMA3N_USM)
+PROCESSOR_KWARGS = {
+    "tiny_gemma3n": {
+        "add_special_tokens": False,
+        "audio_kwargs": {"padding": "max_length", "max_length": 480_000},
+    },
 }
 
 
@@ -97,10 +107,16 @@ def test_the_prompt_is_the_processors_chat_template_with_an_audio_part(twin):
 
 
 def test_audio_inputs_and_token_counts_equal_the_processors_own(twin, examples):
-    _, _, _, processor, builder = twin
+    name, _, _, processor, builder = twin
     for ex in examples[:3]:
         text = builder.prompt_text(ex.record.transcript)
-        ref = processor(text=[text], audio=[ex.audio], sampling_rate=RATE, return_tensors="pt")
+        ref = processor(
+            text=[text],
+            audio=[ex.audio],
+            sampling_rate=RATE,
+            return_tensors="pt",
+            **PROCESSOR_KWARGS.get(name, {}),
+        )
         features = builder.features_of(ex)
         assert builder.prompt_ids(ex.record.transcript, features.n_tokens) == ref["input_ids"][0].tolist()
         audio_id = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
