@@ -41,7 +41,8 @@ def hidden_states(model, ids: Tensor, mask: Tensor, audio: dict) -> Tensor:
 
 def softcap(model, logits: Tensor) -> Tensor:
     """`logits` through the soft cap (cap * tanh(logits / cap)) the model's forward applies after its head
-    (`final_logit_softcapping`: Gemma 3n's 30), the same operations in the same order; unchanged without one."""
+    (`final_logit_softcapping`: Gemma 3n's 30), the same operations in the same order; unchanged without
+    one."""
     cap = getattr(transformers_model(model).config.get_text_config(), "final_logit_softcapping", None)
     return logits if cap is None else torch.tanh(logits / cap) * cap
 

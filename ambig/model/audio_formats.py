@@ -10,8 +10,9 @@ cached on disk (ambig.data.features) and the prompt expanded without running the
   padded to the extractor's window (`input_features` (n_mels, frames)) and the clip's frames
   (`feature_attention_mask` (frames,)); tokens = the encoder's two stride-2 stages.
 - `whisper_frames`: Audio Flamingo 3: the same arrays, the mask named `input_features_mask`.
-- `gemma3n_usm`: Gemma 3n: its own log-mels (`input_features` (frames, 128)) padded to the processor's 30 s
-  window and the valid frames (`input_features_mask` (frames,), bool); 188 tokens per clip, whatever its length.
+- `gemma3n_usm`: Gemma 3n: its own log-mels (`input_features` (frames, 128)) padded to the processor's
+  30 s window and the valid frames (`input_features_mask` (frames,), bool); 188 tokens a clip, whatever its
+  length.
 
 A clip is always padded to the family's fixed window, never to the longest clip of its batch: a clip's
 arrays, and so its logits, do not depend on the batch it sits in.
@@ -114,11 +115,11 @@ WHISPER_FRAMES = AudioFormat(
 
 
 # Gemma 3n (ambig.model.gemma3n): its processor writes 188 audio tokens for every clip (Gemma3nProcessor
-# `audio_seq_length`, Gemma3nConfig `audio_soft_tokens_per_image`: 30 s at 160 ms a token; the model fills the
-# tokens a shorter clip leaves with a padding embedding). Its feature extractor pads a batch to its longest clip,
-# and a clip's last frames, computed over that padding, are marked valid: so every clip is padded to the whole
-# 30 s window here (`padding="max_length"`, the extractor's `max_length`), which makes its arrays, and its logits,
-# independent of the batch.
+# `audio_seq_length`, Gemma3nConfig `audio_soft_tokens_per_image`: 30 s at 160 ms a token; the model fills
+# the tokens a shorter clip leaves with a padding embedding). Its feature extractor pads a batch to its
+# longest clip, and a clip's last frames, computed over that padding, are marked valid: so every clip is
+# padded to the whole 30 s window here (`padding="max_length"`, the extractor's `max_length`), which makes
+# its arrays, and its logits, independent of the batch.
 GEMMA3N_AUDIO_TOKENS = 188
 GEMMA3N_WINDOW_SECONDS = 30  # Gemma3nAudioFeatureExtractor's max_length 480000 samples at 16 kHz
 
@@ -126,7 +127,8 @@ GEMMA3N_WINDOW_SECONDS = 30  # Gemma3nAudioFeatureExtractor's max_length 480000 
 def _gemma3n(feature_extractor, wav: np.ndarray, sample_rate: int) -> Features:
     if sample_rate != feature_extractor.sampling_rate:
         raise ValueError(
-            f"Gemma 3n's feature extractor takes {feature_extractor.sampling_rate} Hz audio, not {sample_rate} Hz"
+            f"Gemma 3n's feature extractor takes {feature_extractor.sampling_rate} Hz audio, "
+            f"not {sample_rate} Hz"
         )
     out = feature_extractor(
         wav,

@@ -244,7 +244,8 @@ FAMILIES = {
         ),
         # Gemma 3n (google/gemma-3n-E4B-it): a USM conformer audio tower, `embed_audio`, Gemma 3n's language
         # model; no vision tower (ambig.model.gemma3n); prompts from its processor's chat template (no system
-        # turn: the template has none of its own and would fold one into the user turn), 188 audio tokens a clip.
+        # turn: the template has none of its own and would fold one into the user turn); 188 audio tokens a
+        # clip.
         ModelFamily(
             name="gemma3n",
             model_class="Gemma3nForConditionalGeneration",

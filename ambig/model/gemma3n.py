@@ -1,14 +1,15 @@
-"""Gemma 3n (google/gemma-3n-E4B-it) in ambig: loading without its vision tower, its processor, its audio span.
+"""Gemma 3n (google/gemma-3n-E4B-it) in ambig: loaded without its vision tower; its processor; its audio span.
 
-The vision tower. `Gemma3nModel.__init__` builds `model.vision_tower` with `AutoModel.from_config(vision_config)`
-(transformers' models/gemma3n/modeling_gemma3n.py), a `TimmWrapperModel` around timm's MobileNetV5 (~300 M
-parameters in E4B). timm imports torchvision, and the registry's torchvision wheel is a CUDA build that does not
-load beside a CPU torch, so without them the model cannot even be constructed. ambig never passes images, so the
-family always builds the model with `without_vision_tower()`: `model.vision_tower` is a parameterless
-`NoVisionTower` whatever is installed (also where timm and torchvision are: the twin's weights, the memory of
-the real model and FSDP's units do not then depend on the machine). Only the tower is replaced: `embed_vision`
-(the hard embedding of the vision token block, which text ids can reach) loads as usual. A model loaded so that
-gets images (`pixel_values`) fails naming the cause.
+The vision tower. `Gemma3nModel.__init__` builds `model.vision_tower` with
+`AutoModel.from_config(vision_config)` (transformers' models/gemma3n/modeling_gemma3n.py): a
+`TimmWrapperModel` around timm's MobileNetV5 (~300 M parameters in E4B). timm imports torchvision, and the
+registry's torchvision wheel is a CUDA build that does not load beside a CPU torch, so without them the model
+cannot even be constructed. ambig never passes images, so the family always builds the model under
+`without_vision_tower()`: `model.vision_tower` is a parameterless `NoVisionTower` whatever is installed (also
+where timm and torchvision are: the twin's weights, the real model's memory and FSDP's units then do not
+depend on the machine). Only the tower is replaced: `embed_vision` (the hard embedding of the vision token
+block, which text ids can reach) loads as usual. A model loaded so that gets images (`pixel_values`) fails
+naming the cause.
 
 `load_gemma3n` is the family's `from_pretrained`: it loads under `without_vision_tower()` and then checks what
 the checkpoint held against what was built. The release's `model.vision_tower.*` weights are the only keys it
@@ -49,9 +50,10 @@ class NoVisionTower(torch.nn.Module):
 def without_vision_tower():
     """While active, Gemma 3n models are built with a parameterless `NoVisionTower` as `model.vision_tower`.
 
-    It replaces, in transformers' modeling_gemma3n only, the `AutoModel` that `Gemma3nModel.__init__` builds its
-    towers with, by one that returns the stand-in for a `Gemma3nVisionConfig` and defers to the real `AutoModel`
-    for every other config (the audio tower, the language model). The real one is restored on exit.
+    It replaces, in transformers' modeling_gemma3n only, the `AutoModel` that `Gemma3nModel.__init__` builds
+    its towers with, by one that returns the stand-in for a `Gemma3nVisionConfig` and defers to the real
+    `AutoModel` for every other config (the audio tower, the language model). The real one is restored on
+    exit.
     """
     from transformers.models.gemma3n import modeling_gemma3n
 
@@ -76,8 +78,8 @@ class Gemma3nLoadError(ValueError):
 
 
 def check_loading(info: dict, source: str) -> list[str]:
-    """The checkpoint keys `from_pretrained(..., output_loading_info=True)` left unread; raises unless they are
-    all the vision tower's, and unless nothing is missing or mismatched."""
+    """The checkpoint keys `from_pretrained(..., output_loading_info=True)` left unread; raises unless they
+    are all the vision tower's, and unless nothing is missing or mismatched."""
     unread = sorted(info.get("unexpected_keys") or ())
     other = [k for k in unread if not k.startswith(VISION_PREFIX)]
     missing = sorted(info.get("missing_keys") or ())
@@ -124,8 +126,8 @@ def load_processor(source: str, model_cfg=None):
     processor = AutoProcessor.from_pretrained(source)
     if getattr(processor, "audio_seq_length", None) != GEMMA3N_AUDIO_TOKENS:
         raise Gemma3nLoadError(
-            f"{source}: {type(processor).__name__} writes {getattr(processor, 'audio_seq_length', None)} audio "
-            f"tokens per clip, but ambig's Gemma 3n audio format fills {GEMMA3N_AUDIO_TOKENS}"
+            f"{source}: {type(processor).__name__} writes {getattr(processor, 'audio_seq_length', None)} "
+            f"audio tokens per clip, but ambig's Gemma 3n audio format fills {GEMMA3N_AUDIO_TOKENS}"
         )
     return processor
 
@@ -137,6 +139,7 @@ def expand_audio(text: str, processor, n_tokens: int) -> str:
         raise ValueError(f"the prompt holds {text.count(token)} audio placeholders {token!r}, not one")
     if n_tokens != processor.audio_seq_length:
         raise ValueError(
-            f"Gemma 3n's processor writes {processor.audio_seq_length} audio tokens for every clip, not {n_tokens}"
+            f"Gemma 3n's processor writes {processor.audio_seq_length} audio tokens for every clip, "
+            f"not {n_tokens}"
         )
     return text.replace(token, processor.full_audio_sequence, 1)

@@ -40,9 +40,10 @@ TWINS = {
     ),
     "tiny_gemma3n": ("gemma3n", "gemma3n", "Gemma3nForConditionalGeneration", "Gemma3nProcessor"),
 }
-# twin config -> what its processor call takes beyond text and audio to write the model's inputs as ambig does:
-# Gemma 3n's template writes <bos> itself (the processor's own apply_chat_template then tokenizes without
-# special tokens), and every clip is padded to its extractor's 30 s window (ambig.model.audio_formats.GEMMA3N_USM)
+# twin config -> what its processor call takes beyond text and audio to write the model's inputs as ambig
+# does: Gemma 3n's template writes <bos> itself (the processor's own apply_chat_template then tokenizes
+# without special tokens), and every clip is padded to its extractor's 30 s window
+# (ambig.model.audio_formats.GEMMA3N_USM)
 PROCESSOR_KWARGS = {
     "tiny_gemma3n": {
         "add_special_tokens": False,

@@ -1,23 +1,24 @@
 """A tiny random-init Gemma 3n (google/gemma-3n-E4B-it) in the release's checkpoint layout.
 
-The release: `Gemma3nForConditionalGeneration` (model_type `gemma3n`) with nested `text_config` (gemma3n_text:
-AltUp, LAuReL, per-layer embeddings, 4 sliding : 1 full attention layers, the last 15 of 35 reusing the KV of
-earlier ones, final logits soft-capped at 30, head tied to the embeddings), `audio_config` (gemma3n_audio: a USM
-conformer over 128-bin log-mels, its output mapped by `embed_audio`) and `vision_config` (gemma3n_vision: timm's
-MobileNetV5); its processor (`Gemma3nProcessor`) is a `Gemma3nAudioFeatureExtractor`, a SigLIP image processor
-and Gemma's tokenizer, with the chat template below. E4B's sizes are the config classes' defaults
-(transformers' convert_gemma3n_weights.py, `_VARIANTS["gemma3n_e4b"]`).
+The release: `Gemma3nForConditionalGeneration` (model_type `gemma3n`) with nested `text_config`
+(gemma3n_text: AltUp, LAuReL, per-layer embeddings, 4 sliding : 1 full attention layers, the last 15 of 35
+reusing the KV of earlier ones, final logits soft-capped at 30, head tied to the embeddings), `audio_config`
+(gemma3n_audio: a USM conformer over 128-bin log-mels, its output mapped by `embed_audio`) and
+`vision_config` (gemma3n_vision: timm's MobileNetV5); its processor (`Gemma3nProcessor`) is a
+`Gemma3nAudioFeatureExtractor`, a SigLIP image processor and Gemma's tokenizer, with the chat template below.
+E4B's sizes are the config classes' defaults (transformers' convert_gemma3n_weights.py,
+`_VARIANTS["gemma3n_e4b"]`).
 
-The twin keeps every one of those parts and shrinks the sizes (`TinySpec.text_sizes()`, at least 4 layers: half
-of them read the KV of the others, as the release's last 15), and the token-id layout of the release: text ids
-[0, T), the vision block [T, T + 128) (from `<end_of_image>`, `<image_soft_token>`), the audio block
-[T + 128, T + 256) (from `<end_of_audio>`, `<audio_soft_token>`), vocab_size T + 256, the per-layer embeddings
-over the T text ids (release: 262144 / 262272 / 262400). The tokenizer is ambig's tiny byte-level BPE with
-Gemma's special tokens after it, saved as a plain tokenizers-backed tokenizer (the release's `GemmaTokenizer` is
-a SentencePiece-style BPE: that class would rebuild the byte-level stand-in with a "▁" normaliser). Its vision
-tower is `ambig.model.gemma3n.NoVisionTower` (no weights: the release has `model.vision_tower.timm_model.*`).
-`_init_weights` zeroes AltUp's `correct_output_scale`, which would leave every layer's per-layer-input branch
-dead in a random model; the twin draws it around 1.
+The twin keeps every one of those parts and shrinks the sizes (`TinySpec.text_sizes()`, at least 4 layers:
+half of them read the KV of the others, as the release's last 15), and keeps the release's token-id layout:
+text ids [0, T), the vision block [T, T + 128) (from `<end_of_image>`, `<image_soft_token>`), the audio
+block [T + 128, T + 256) (from `<end_of_audio>`, `<audio_soft_token>`), vocab_size T + 256, the per-layer
+embeddings over the T text ids (release: 262144 / 262272 / 262400). The tokenizer is ambig's tiny byte-level
+BPE with Gemma's special tokens after it, saved as a plain tokenizers-backed tokenizer (the release's
+`GemmaTokenizer` is a SentencePiece-style BPE: that class would rebuild the byte-level stand-in with a "▁"
+normaliser). Its vision tower is `ambig.model.gemma3n.NoVisionTower` (no weights: the release has
+`model.vision_tower.timm_model.*`). `_init_weights` zeroes AltUp's `correct_output_scale`, which would leave
+every layer's per-layer-input branch dead in a random model; the twin draws it around 1.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ NAMED_TOKENS = {
     "eoa_token": "<end_of_audio>",
 }
 # The release's chat template (google/gemma-3n-E4B-it, chat_template.jinja), verbatim from transformers'
-# convert_gemma3n_weights.py `_CHAT_TEMPLATE` (huggingface/transformers @ f360a89b), which the conversion stores
-# with the tokenizer and the processor of the -it models.
+# convert_gemma3n_weights.py `_CHAT_TEMPLATE` (huggingface/transformers @ f360a89b), which the conversion
+# stores with the tokenizer and the processor of the -it models.
 CHAT_TEMPLATE = """{{ bos_token }}
 {%- if messages[0]['role'] == 'system' -%}
     {%- if messages[0]['content'] is string -%}
@@ -101,8 +102,8 @@ CHAT_TEMPLATE = """{{ bos_token }}
 
 
 def load_tokenizer():
-    """(tokenizer, T): ambig's tiny BPE with Gemma's text specials, then the vision and audio id blocks; T = the
-    text ids (the per-layer embeddings' vocabulary)."""
+    """(tokenizer, T): ambig's tiny BPE with Gemma's text specials, then the vision and audio id blocks;
+    T = the text ids (the per-layer embeddings' vocabulary)."""
     from tokenizers import AddedToken, Tokenizer
     from transformers import PreTrainedTokenizerFast
 
@@ -133,7 +134,7 @@ def load_tokenizer():
 
 
 def twin_config(spec: TinySpec, tokenizer, text_vocab: int):
-    """Gemma3nConfig at `spec`'s sizes, in the release's layout (block offsets, token ids, -it stop tokens)."""
+    """Gemma3nConfig at `spec`'s sizes in the release's layout (block offsets, token ids, -it stop tokens)."""
     from transformers import Gemma3nAudioConfig, Gemma3nConfig, Gemma3nTextConfig, Gemma3nVisionConfig
 
     layers = spec.num_hidden_layers
@@ -167,7 +168,7 @@ def twin_config(spec: TinySpec, tokenizer, text_vocab: int):
         hidden_size=spec.audio_d_model,
         conf_num_attention_heads=spec.audio_heads,
         conf_num_hidden_layers=spec.audio_layers,
-        sscp_conv_channel_size=[16, 8],  # release: [128, 32]
+        sscp_conv_channel_size=[4, 4],  # release: [128, 32]; the twin's cost is this convolution over 30 s
     )
     # label_names given so that reading the config back never asks timm for ImageNet's labels
     vision = Gemma3nVisionConfig(
@@ -192,8 +193,9 @@ def twin_config(spec: TinySpec, tokenizer, text_vocab: int):
 
 
 def build_processor(tokenizer, spec: TinySpec):
-    """The release's processor parts: Gemma 3n's audio feature extractor (its defaults are the release's), a
-    SigLIP image processor of the release's settings (PIL backend: no torchvision), the tokenizer, the template."""
+    """The release's processor parts: Gemma 3n's audio feature extractor (its defaults are the release's),
+    a SigLIP image processor of the release's settings (PIL backend: no torchvision), the tokenizer and the
+    chat template."""
     from transformers import Gemma3nAudioFeatureExtractor, Gemma3nProcessor
     from transformers.image_utils import PILImageResampling
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
