@@ -204,3 +204,18 @@ def test_the_audio_span_and_the_window(g3n, examples):
     assert short.n_tokens == long.n_tokens == GEMMA3N_AUDIO_TOKENS
     with pytest.raises(ValueError, match="takes 16000 Hz audio, not 8000 Hz"):
         GEMMA3N_USM.extract(extractor, examples[0].audio, 8000)
+
+
+@pytest.mark.parametrize("name", ["gemma_3n_e4b_it", "tiny_gemma3n"])
+def test_the_configs_compose_and_name_the_models_own_layers(g3n, name):
+    from ambig.distributed import layer_classes
+
+    _, model, _, _, _ = g3n
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"model={name}"]).model
+    assert cfg.family == "gemma3n" and cfg.max_audio_seconds == 30 and cfg.output_format == "ambig"
+    if name == "gemma_3n_e4b_it":
+        assert cfg.hub_id == "google/gemma-3n-E4B-it" and cfg.dtype == "bfloat16" and cfg.tiny is None
+    classes = layer_classes(cfg.layer_classes)
+    assert {c.__name__ for c in classes} == {"Gemma3nTextDecoderLayer", "Gemma3nAudioConformerBlock"}
+    assert all(any(isinstance(m, c) for m in model.modules()) for c in classes)
