@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ADAMW, AMBIGUITY_LOSS
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
@@ -157,15 +158,44 @@ def test_every_head_outside_the_forward_applies_the_final_soft_cap(g3n, examples
     ).abs().max() > 1e-2  # the cap changes these logits: the checks above can fail
 
 
-def test_the_audio_is_never_encoded_once_for_gemma3n(g3n, examples):
-    """Its inputs_embeds path also needs per_layer_inputs, which ambig.model.audio_encoding does not build:
-    the model runs its own audio path, whatever `encode_once` says."""
-    _, model, _, builder, _ = g3n
-    assert family_of(model).name == "gemma3n" and audio_tower_frozen(model)
-    assert not can_encode_once(model)
-    batch = builder(examples[:1])
+def test_grpo_and_dpo_steps_run_the_models_own_audio_path(g3n, examples):
+    """Gemma 3n's inputs_embeds path also needs per_layer_inputs, which ambig.model.audio_encoding does not
+    build: with `encode_once` its batches keep their features (the rollouts still share one prefill of each
+    prompt), and a GRPO and a DPO step give finite losses and LoRA gradients."""
+    from ambig.strategies.dpo import DPOStrategy
+    from ambig.strategies.grpo import GRPOStrategy
+
+    cfg, frozen, _, builder, _ = g3n
+    assert family_of(frozen).name == "gemma3n" and audio_tower_frozen(frozen) and not can_encode_once(frozen)
+    batch = builder(examples[:2])
     with pytest.raises(ValueError, match="no implementation for model family 'gemma3n'"):
-        encode_audio(model, batch["input_features"], batch["input_features_mask"])
+        encode_audio(frozen, batch["input_features"], batch["input_features_mask"])
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        lora = compose("train", overrides=["model=tiny_gemma3n"]).model.lora
+    torch.manual_seed(0)
+    model = load_model(OmegaConf.merge(cfg, {"lora": lora}))[0]
+    rollout = {"max_new_tokens": 4, "temperature": 1.0, "top_p": 1.0}
+    common = {"optim": ADAMW, "decoding": {"max_new_tokens": 4}, "rollout": rollout, "loss": AMBIGUITY_LOSS}
+    grpo = GRPOStrategy(
+        model, builder, name="grpo", num_generations=2, epsilon_low=0.2, epsilon_high=0.2, beta=0.04,
+        loss_type="grpo", scale_rewards="group", num_iterations=1, w_dist=1.0, w_fmt=0.5, include_gold=True,
+        encode_once=True, reference="init", max_completion_length=4, **common,
+    )  # fmt: skip
+    dpo = DPOStrategy(
+        model, builder, name="dpo", beta=0.1, num_rollouts=2, tau=0.0, negatives="worst", lambda_kl=1.0,
+        lambda_ce=1.0, encode_once=True, reference="init", **common,
+    )  # fmt: skip
+    for strategy in (grpo, dpo):
+        strategy.on_fit_start()
+        assert "input_features" in strategy.shared_audio(
+            batch
+        ) and "encoded_audio" not in strategy.shared_audio(batch)
+        value, parts = strategy.training_loss(batch)
+        assert torch.isfinite(value) and all(torch.isfinite(v).all() for v in parts.values())
+        value.backward()
+        grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), strategy.name
+        model.zero_grad()
 
 
 def test_lora_reaches_the_language_model_only(g3n):
