@@ -18,7 +18,7 @@ from ambig.generation import pinned, pinned_config
 from ambig.model.audio_encoding import audio_inputs
 from ambig.model.inputs import BatchBuilder, audio_keys, audio_token_id, left_pad, positions, prompt_rows
 from ambig.model.readout import answer_position, readout_log
-from ambig.scoring import next_token_logits, transformers_model
+from ambig.scoring import next_token_logits, softcap, transformers_model
 
 
 @dataclass
@@ -76,15 +76,18 @@ def read_after(model, batch: dict, builder: BatchBuilder, continuations: list[li
 
 class ClassLogits:
     """While active, keeps the class-token logits (B, K) of the last position of every output-head call:
-    inside `generate`, step t's are those that chose generated token t. Raw logits, before any processor."""
+    inside `generate`, step t's are those that chose generated token t. The model's logits (after its soft
+    cap, if it has one: the hook sees the head's output), before any logits processor."""
 
     def __init__(self, model, class_ids):
+        self.model = model
         self.head = transformers_model(model).lm_head
         self.index = torch.as_tensor(list(class_ids))
         self.steps: list[torch.Tensor] = []
 
     def _hook(self, module, args, output):
-        self.steps.append(output[:, -1].index_select(-1, self.index.to(output.device)).float())
+        picked = output[:, -1].index_select(-1, self.index.to(output.device))
+        self.steps.append(softcap(self.model, picked).float())
 
     def __enter__(self):
         self.handle = self.head.register_forward_hook(self._hook)

@@ -39,8 +39,16 @@ def hidden_states(model, ids: Tensor, mask: Tensor, audio: dict) -> Tensor:
     return out.last_hidden_state
 
 
+def softcap(model, logits: Tensor) -> Tensor:
+    """`logits` through the soft cap (cap * tanh(logits / cap)) the model's forward applies after its head
+    (`final_logit_softcapping`: Gemma 3n's 30), the same operations in the same order; unchanged without
+    one."""
+    cap = getattr(transformers_model(model).config.get_text_config(), "final_logit_softcapping", None)
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
 def head(model, hidden: Tensor) -> Tensor:
-    return transformers_model(model).lm_head(hidden)
+    return softcap(model, transformers_model(model).lm_head(hidden))
 
 
 def full_logits(model, batch: dict) -> Tensor:

@@ -36,7 +36,8 @@ def _audio_model(model):
     return base.model
 
 
-# the families whose tower output `encode_audio` can cache (the others run their own forward every pass)
+# the families whose tower output `encode_audio` can cache (the others run their own forward every pass; Gemma
+# 3n's inputs_embeds path would also need its per_layer_inputs, which `embed_with_audio` does not build)
 ENCODABLE = ("qwen2_audio", "qwen2_5_omni")
 
 

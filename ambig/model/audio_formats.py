@@ -12,6 +12,9 @@ cached on disk (ambig.data.features) and the prompt expanded without running the
 - `whisper_frames`: Audio Flamingo 3: the same arrays, the mask named `input_features_mask`.
 - `voxtral_chunks`: Voxtral: Whisper log-mels of the clip padded to a whole 30 s chunk (`input_features`
   (n_mels, 3000), no mask: the encoder attends to the padding, as the release does), 375 tokens per chunk.
+- `gemma3n_usm`: Gemma 3n: its own log-mels (`input_features` (frames, 128)) padded to the processor's
+  30 s window and the valid frames (`input_features_mask` (frames,), bool); 188 tokens a clip, whatever its
+  length.
 
 A clip is always padded to the family's fixed window, never to the longest clip of its batch: a clip's
 arrays, and so its logits, do not depend on the batch it sits in.
@@ -155,6 +158,44 @@ VOXTRAL_CHUNKS = AudioFormat(
     window_seconds=_voxtral_window,
 )
 
-FORMATS = (WHISPER_MASKED, WHISPER_FRAMES, VOXTRAL_CHUNKS)
+
+# Gemma 3n (ambig.model.gemma3n): its processor writes 188 audio tokens for every clip (Gemma3nProcessor
+# `audio_seq_length`, Gemma3nConfig `audio_soft_tokens_per_image`: 30 s at 160 ms a token; the model fills
+# the tokens a shorter clip leaves with a padding embedding). Its feature extractor pads a batch to its
+# longest clip, and a clip's last frames, computed over that padding, are marked valid: so every clip is
+# padded to the whole 30 s window here (`padding="max_length"`, the extractor's `max_length`), which makes
+# its arrays, and its logits, independent of the batch.
+GEMMA3N_AUDIO_TOKENS = 188
+GEMMA3N_WINDOW_SECONDS = 30  # Gemma3nAudioFeatureExtractor's max_length 480000 samples at 16 kHz
+
+
+def _gemma3n(feature_extractor, wav: np.ndarray, sample_rate: int) -> Features:
+    if sample_rate != feature_extractor.sampling_rate:
+        raise ValueError(
+            f"Gemma 3n's feature extractor takes {feature_extractor.sampling_rate} Hz audio, "
+            f"not {sample_rate} Hz"
+        )
+    out = feature_extractor(
+        wav,
+        padding="max_length",
+        max_length=GEMMA3N_WINDOW_SECONDS * feature_extractor.sampling_rate,
+        truncation=True,
+        return_tensors="np",
+    )
+    arrays = {
+        "input_features": out["input_features"][0].astype(np.float32),
+        "input_features_mask": out["input_features_mask"][0].astype(bool),  # True = a frame of the clip
+    }
+    return Features(arrays, GEMMA3N_AUDIO_TOKENS)
+
+
+GEMMA3N_USM = AudioFormat(
+    name="gemma3n_usm",
+    keys=("input_features", "input_features_mask"),
+    extract=_gemma3n,
+    window_seconds=lambda feature_extractor: GEMMA3N_WINDOW_SECONDS,
+)
+
+FORMATS = (WHISPER_MASKED, WHISPER_FRAMES, VOXTRAL_CHUNKS, GEMMA3N_USM)
 # every audio input name some family takes: how a batch without its `audio_keys` entry is read
 ALL_AUDIO_KEYS = tuple(dict.fromkeys(k for f in FORMATS for k in f.keys))

@@ -12,6 +12,7 @@ Everything else (the read-out, the strategies, test-time scaling) is shared.
   own chat template (as every family added from here on).
 - `voxtral`: Voxtral Mini 3B and Small 24B (ambig.model.voxtral_processor: the processor without
   mistral-common, a chat template that writes mistral-common's prompt; ambig.model.twins.voxtral).
+- `gemma3n`: Gemma 3n (ambig.model.gemma3n, ambig.model.twins.gemma3n), loaded without its vision tower.
 - `smollm2_audio`: `model=mini`, Qwen2-Audio's architecture around SmolLM2-135M-Instruct (a Llama) and Whisper
   tiny.en's encoder (ambig.model.mini); a Qwen2-Audio checkpoint told apart by its text model's type.
 """
@@ -22,7 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ambig.model import prompt
-from ambig.model.audio_formats import VOXTRAL_CHUNKS, WHISPER_FRAMES, WHISPER_MASKED, AudioFormat
+from ambig.model.audio_formats import (
+    GEMMA3N_USM,
+    VOXTRAL_CHUNKS,
+    WHISPER_FRAMES,
+    WHISPER_MASKED,
+    AudioFormat,
+)
 from ambig.model.prompt import QWEN2_5_OMNI, QWEN2_AUDIO, SMOLLM2_AUDIO, ChatTemplate
 
 DEFAULT_FAMILY = "qwen2_audio"
@@ -56,11 +63,19 @@ class ModelFamily:
     system_prompt: str | None = None
     # (prompt text, processor, n) -> the text with its audio placeholder written for n audio tokens
     audio_expansion: Callable | None = None
+    # (source, dtype) -> the model, where the family needs more than `model_class.from_pretrained`
+    load_weights: Callable | None = None
 
     def transformers_class(self):
         import transformers
 
         return getattr(transformers, self.model_class)
+
+    def from_pretrained(self, source: str, dtype):
+        """The model at `source` (a directory or hub id), as `load_model` loads it."""
+        if self.load_weights is not None:
+            return self.load_weights(source, dtype)
+        return self.transformers_class().from_pretrained(source, dtype=dtype)
 
     def base_messages(self, classes: Sequence[str], transcript: str | None, cot: bool) -> list[dict]:
         return prompt.conversation(classes, transcript, cot, self.system_prompt)
@@ -136,6 +151,30 @@ def _voxtral_processor(source: str, model_cfg):
     from ambig.model.voxtral_processor import load_voxtral_processor
 
     return load_voxtral_processor(source, model_cfg)
+
+
+def _build_tiny_gemma3n(out_dir, spec):
+    from ambig.model.twins.gemma3n import build_tiny_gemma3n
+
+    return build_tiny_gemma3n(out_dir, spec)
+
+
+def _gemma3n_processor(source: str, model_cfg):
+    from ambig.model.gemma3n import load_processor
+
+    return load_processor(source, model_cfg)
+
+
+def _gemma3n_weights(source: str, dtype):
+    from ambig.model.gemma3n import load_gemma3n
+
+    return load_gemma3n(source, dtype)
+
+
+def _gemma3n_expansion(text: str, processor, n_tokens: int) -> str:
+    from ambig.model.gemma3n import expand_audio
+
+    return expand_audio(text, processor, n_tokens)
 
 
 def _auto_processor(source: str, model_cfg):
@@ -241,6 +280,27 @@ FAMILIES = {
             architecture="voxtral",
             make_spec=_tiny_spec,
             audio_format=VOXTRAL_CHUNKS,
+        ),
+        # Gemma 3n (google/gemma-3n-E4B-it): a USM conformer audio tower, `embed_audio`, Gemma 3n's language
+        # model; no vision tower (ambig.model.gemma3n); prompts from its processor's chat template (no system
+        # turn: the template has none of its own and would fold one into the user turn); 188 audio tokens a
+        # clip.
+        ModelFamily(
+            name="gemma3n",
+            model_class="Gemma3nForConditionalGeneration",
+            model_type="gemma3n",
+            checkpoint_types=("gemma3n",),
+            template=None,
+            towers=("audio_tower", "vision_tower"),
+            audio_modules=("audio_tower", "embed_audio"),
+            load_processor=_gemma3n_processor,
+            build_tiny=_build_tiny_gemma3n,
+            tiny_prefix="tiny-gemma3n",
+            architecture="gemma3n",
+            make_spec=_tiny_spec,
+            audio_format=GEMMA3N_USM,
+            audio_expansion=_gemma3n_expansion,
+            load_weights=_gemma3n_weights,
         ),
     )
 }

@@ -99,7 +99,7 @@ def load_model(model_cfg):
     try:
         check_family(source, family)
         processor = family.load_processor(source, model_cfg)
-        model = family.transformers_class().from_pretrained(source, dtype=dtype)
+        model = family.from_pretrained(source, dtype)
     except OSError as err:
         raise _not_available(source, err) from err
     processor.tokenizer.padding_side = "left"  # decoder-only generation; the batch builder relies on it

@@ -66,6 +66,8 @@ def test_every_model_config_names_its_family():
         "audio_flamingo_3": "audio_flamingo3",
         "tiny_audio_flamingo_3": "audio_flamingo3",
         "audio_reasoner": "qwen2_audio",
+        "gemma_3n_e4b_it": "gemma3n",
+        "tiny_gemma3n": "gemma3n",
         "mini": "smollm2_audio",
         "qwen2_5_omni_3b": "qwen2_5_omni_thinker",
         "qwen2_5_omni_7b": "qwen2_5_omni_thinker",

@@ -47,6 +47,17 @@ TWINS = {
         "AudioFlamingo3Processor",
     ),
     "tiny_voxtral": ("voxtral", "voxtral", "VoxtralForConditionalGeneration", "VoxtralProcessor"),
+    "tiny_gemma3n": ("gemma3n", "gemma3n", "Gemma3nForConditionalGeneration", "Gemma3nProcessor"),
+}
+# twin config -> what its processor call takes beyond text and audio to write the model's inputs as ambig
+# does: Gemma 3n's template writes <bos> itself (the processor's own apply_chat_template then tokenizes
+# without special tokens), and every clip is padded to its extractor's 30 s window
+# (ambig.model.audio_formats.GEMMA3N_USM)
+PROCESSOR_KWARGS = {
+    "tiny_gemma3n": {
+        "add_special_tokens": False,
+        "audio_kwargs": {"padding": "max_length", "max_length": 480_000},
+    },
 }
 # twins whose reference is mistral-common's processor path rather than `processor(text=, audio=)`
 MISTRAL_COMMON = {"tiny_voxtral"}
@@ -101,7 +112,8 @@ def reference_inputs(name, cfg, processor, text, transcript, audio) -> dict:
     """The release processor's input ids and audio arrays for one clip (batch dimension kept)."""
     if name in MISTRAL_COMMON:
         return mistral_common_inputs(cfg, user_turn(transcript, audio))
-    return processor(text=[text], audio=[audio], sampling_rate=RATE, return_tensors="pt")
+    kwargs = PROCESSOR_KWARGS.get(name, {})
+    return processor(text=[text], audio=[audio], sampling_rate=RATE, return_tensors="pt", **kwargs)
 
 
 def twin_cfg(name: str, cache_dir: Path, lora: bool = True):
