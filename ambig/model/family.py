@@ -10,6 +10,9 @@ Everything else (the read-out, the strategies, test-time scaling) is shared.
 - `qwen2_5_omni_thinker`: the thinker (text output) of Qwen2.5-Omni; the talker (speech output) is not loaded.
 - `audio_flamingo3`: Audio Flamingo 3 (ambig.model.twins.audio_flamingo3), prompts from its processor's
   own chat template (as every family added from here on).
+- `qwen3_omni_thinker`: the thinker of Qwen3-Omni-30B-A3B (ambig.model.twins.qwen3_omni), an MoE language
+  model; prompts from its processor's chat template, the processor without its video half
+  (ambig.model.qwen3_omni_processor).
 - `smollm2_audio`: `model=mini`, Qwen2-Audio's architecture around SmolLM2-135M-Instruct (a Llama) and Whisper
   tiny.en's encoder (ambig.model.mini); a Qwen2-Audio checkpoint told apart by its text model's type.
 """
@@ -20,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ambig.model import prompt
-from ambig.model.audio_formats import WHISPER_FRAMES, WHISPER_MASKED, AudioFormat
+from ambig.model.audio_formats import WHISPER_CHUNKED, WHISPER_FRAMES, WHISPER_MASKED, AudioFormat
 from ambig.model.prompt import QWEN2_5_OMNI, QWEN2_AUDIO, SMOLLM2_AUDIO, ChatTemplate
 
 DEFAULT_FAMILY = "qwen2_audio"
@@ -124,6 +127,18 @@ def _build_tiny_af3(out_dir, spec):
     return build_tiny_af3(out_dir, spec)
 
 
+def _build_tiny_qwen3_omni(out_dir, spec):
+    from ambig.model.twins.qwen3_omni import build_tiny_qwen3_omni
+
+    return build_tiny_qwen3_omni(out_dir, spec)
+
+
+def _qwen3_omni_processor(source: str, model_cfg):
+    from ambig.model.qwen3_omni_processor import load_processor
+
+    return load_processor(source, model_cfg)
+
+
 def _auto_processor(source: str, model_cfg):
     from transformers import AutoProcessor
 
@@ -208,6 +223,24 @@ FAMILIES = {
             architecture="audio_flamingo3",
             make_spec=_tiny_spec,
             audio_format=WHISPER_FRAMES,
+        ),
+        # Qwen3-Omni-30B-A3B-Instruct's thinker: the release is the whole Omni model (thinker, talker,
+        # code2wav), read as the thinker's config and thinker.* weights; an MoE language model (LoRA: its
+        # attention); prompts from its processor's chat template, the audio as
+        # <|audio_start|><|audio_pad|><|audio_end|>.
+        ModelFamily(
+            name="qwen3_omni_thinker",
+            model_class="Qwen3OmniMoeThinkerForConditionalGeneration",
+            model_type="qwen3_omni_moe_thinker",
+            checkpoint_types=("qwen3_omni_moe", "qwen3_omni_moe_thinker"),
+            template=None,
+            towers=("audio_tower", "visual"),
+            load_processor=_qwen3_omni_processor,
+            build_tiny=_build_tiny_qwen3_omni,
+            tiny_prefix="tiny-qwen3-omni",
+            architecture="qwen3_omni",
+            make_spec=_tiny_spec,
+            audio_format=WHISPER_CHUNKED,
         ),
     )
 }

@@ -72,6 +72,8 @@ def test_every_model_config_names_its_family():
         "qwen2_audio_7b_instruct": "qwen2_audio",
         "tiny": "qwen2_audio",
         "tiny_omni": "qwen2_5_omni_thinker",
+        "qwen3_omni_30b_a3b_instruct": "qwen3_omni_thinker",
+        "tiny_qwen3_omni": "qwen3_omni_thinker",
     }
     assert set(families.values()) == set(FAMILIES)
 
