@@ -40,6 +40,24 @@ def qwen3(tmp_path_factory):
     return cfg, Path(resolve_source(cfg)), model.eval(), processor
 
 
+@pytest.mark.parametrize("config", ["train", "evaluate"])
+def test_the_release_config_composes_and_names_importable_layer_classes(config):
+    import importlib
+
+    from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config, overrides=["model=qwen3_omni_30b_a3b_instruct"]).model
+    assert cfg.hub_id == "Qwen/Qwen3-Omni-30B-A3B-Instruct" and cfg.dtype == "bfloat16" and cfg.tiny is None
+    family = model_family(cfg)
+    assert family.transformers_class() is Qwen3OmniMoeThinkerForConditionalGeneration
+    assert family.template is None and family.audio_format is WHISPER_CHUNKED
+    assert not cfg.train_audio_tower and cfg.lora.exclude_modules and cfg.lora.modules_to_save is None
+    for path in cfg.layer_classes:
+        module, name = path.rsplit(".", 1)
+        assert isinstance(getattr(importlib.import_module(module), name), type), path
+
+
 def test_the_audio_token_count_is_transformers_formula_and_the_towers_output(qwen3):
     from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import _get_feat_extract_output_lengths
 
@@ -120,7 +138,8 @@ def test_lora_reaches_only_the_language_models_attention(qwen3):
     from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
 
     cfg, source, _, _ = qwen3
-    lora = qwen3_cfg(Path(cfg.cache_dir).parent).lora
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        lora = compose("train", overrides=["model=qwen3_omni_30b_a3b_instruct"]).model.lora  # the release's
     unguarded = OmegaConf.create({**OmegaConf.to_container(lora), "exclude_modules": None})
     fresh = Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained
     with pytest.raises(ValueError, match="matched the audio tower"):
