@@ -11,13 +11,14 @@ one tensor per expert (`...mlp.experts.<e>.{gate,up,down}_proj.weight`). The thi
 twin is read by the same path as the release.
 
 The twin keeps those parts and shrinks the sizes: the language model's from `TinySpec.text_sizes()` (its MoE
-block: `EXPERTS` experts of width intermediate_size / 4, `EXPERTS_PER_TOKEN` per token, as the release every
-layer sparse), the audio tower's from TinySpec (the release's 1 s conv chunks, `n_window` 50, kept; attention
-windows of 2 s instead of 8 s, so a clip of the twin's 4 s window spans two), a vision tower of one block
-(never run). No talker or code2wav weights (ambig loads only the thinker); `enable_audio_output` is false so
-the whole model's class would not build a random talker either (the release: true).
+block: `EXPERTS` experts of width intermediate_size / 4, `EXPERTS_PER_TOKEN` per token, every layer sparse as
+in the release), the audio tower's from TinySpec (the release's 1 s conv chunks, `n_window` 50, kept;
+attention windows of 2 s instead of 8 s, so a clip of the twin's 4 s window spans two), a vision tower of one
+block (never run). No talker or code2wav weights (ambig loads only the thinker); `enable_audio_output` is
+false so the whole model's class would not build a random talker either (the release: true).
 
-Processor files as the release ships them: tokenizer files (ambig's tiny byte-level BPE as a Qwen2Tokenizer,
+Processor files as the release ships them (per transformers' processor and a dump of the release's config; the
+hub's file list itself not checked): tokenizer files (ambig's tiny byte-level BPE as a Qwen2Tokenizer,
 Qwen3-Omni's special tokens appended, its named tokens `audio_token` <|audio_pad|>, ... in
 tokenizer_config.json), preprocessor_config.json (the Whisper feature extractor with a `TinySpec.chunk_length`
 window, beside the image processor's settings) and chat_template.json (`CHAT_TEMPLATE`, below).
