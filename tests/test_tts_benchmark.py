@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from ambig.tts.strategies import SAMPLED
 
 ROOT = Path(__file__).resolve().parents[1]
-TWINS = ("tiny", "tiny_omni", "tiny_audio_flamingo_3", "tiny_voxtral")
+TWINS = ("tiny", "tiny_omni", "tiny_audio_flamingo_3", "tiny_voxtral", "tiny_qwen3_omni", "tiny_gemma3n")
 
 
 def compose_evaluate(*overrides: str):
@@ -36,6 +36,7 @@ def test_the_benchmark_sweeps_every_release_dataset_sampled_strategy_and_n():
     params = cfg.hydra.sweeper.params
     releases = {name for name, model in model_configs().items() if model.get("hub_id")}
     assert releases >= {"qwen2_audio_7b_instruct", "audio_reasoner", "qwen2_5_omni_7b", "audio_flamingo_3"}
+    assert "qwen3_omni_30b_a3b_instruct" in releases
     assert set(params["model"].split(",")) == releases
     assert params["dataset"] == "iemocap,crema_d,msp_podcast"
     assert params["tts"].split(",") == list(SAMPLED)

@@ -6,7 +6,7 @@ audio half of that with the processor's own feature extractor, one clip at a tim
 cached on disk (ambig.data.features) and the prompt expanded without running the processor on text
 (ambig.model.inputs). Each format is tested against its processor: same arrays, same token count.
 
-- `whisper_masked`: Qwen2-Audio, Qwen2.5-Omni's and Qwen3-Omni's thinkers, model=mini: Whisper log-mels
+- `whisper_masked`: Qwen2-Audio, Qwen2.5-Omni's thinker, model=mini: Whisper log-mels
   padded to the extractor's window (`input_features` (n_mels, frames)) and the clip's frames
   (`feature_attention_mask` (frames,)); tokens = the encoder's two stride-2 stages.
 - `whisper_frames`: Audio Flamingo 3: the same arrays, the mask named `input_features_mask`.
@@ -15,6 +15,8 @@ cached on disk (ambig.data.features) and the prompt expanded without running the
 - `gemma3n_usm`: Gemma 3n: its own log-mels (`input_features` (frames, 128)) padded to the processor's
   30 s window and the valid frames (`input_features_mask` (frames,), bool); 188 tokens a clip, whatever its
   length.
+- `whisper_chunked`: Qwen3-Omni's thinker: the arrays of `whisper_masked`, tokens counted per 1 s chunk of
+  100 frames (13 each) plus the rest's three stride-2 stages (`qwen3_omni_tokens`).
 
 A clip is always padded to the family's fixed window, never to the longest clip of its batch: a clip's
 arrays, and so its logits, do not depend on the batch it sits in.
@@ -53,8 +55,19 @@ def whisper_tokens(n_frames: int) -> int:
     return (((n_frames - 1) // 2 + 1) - 2) // 2 + 1
 
 
-def _whisper(mask_key: str) -> Callable:
-    """Whisper log-mels padded to the extractor's window and the clip's frame mask, under `mask_key`."""
+def qwen3_omni_tokens(n_frames: int) -> int:
+    """Audio tokens Qwen3-Omni's audio tower emits for `n_frames` mel frames: 13 per full chunk of 100 frames
+    (its `n_window` of 50, doubled), and for the rest three stride-2 convolutions
+    (`_get_feat_extract_output_lengths` in transformers' processing_qwen3_omni_moe.py, the count its processor
+    writes)."""
+    rest = n_frames % 100
+    after_conv = (rest - 1) // 2 + 1
+    return ((after_conv - 1) // 2 + 1 - 1) // 2 + 1 + (n_frames // 100) * 13
+
+
+def _whisper(mask_key: str, count: Callable = whisper_tokens) -> Callable:
+    """Whisper log-mels padded to the extractor's window and the clip's frame mask, under `mask_key`; the
+    audio tokens `count(frames)`."""
 
     def extract(feature_extractor, wav: np.ndarray, sample_rate: int) -> Features:
         out = feature_extractor(
@@ -66,7 +79,7 @@ def _whisper(mask_key: str) -> Callable:
         )
         mask = out["attention_mask"][0].astype(np.int64)
         arrays = {"input_features": out["input_features"][0].astype(np.float32), mask_key: mask}
-        return Features(arrays, whisper_tokens(int(mask.sum())))
+        return Features(arrays, count(int(mask.sum())))
 
     return extract
 
@@ -196,6 +209,16 @@ GEMMA3N_USM = AudioFormat(
     window_seconds=lambda feature_extractor: GEMMA3N_WINDOW_SECONDS,
 )
 
-FORMATS = (WHISPER_MASKED, WHISPER_FRAMES, VOXTRAL_CHUNKS, GEMMA3N_USM)
+
+# Qwen3-Omni's thinker: Qwen2.5-Omni's arrays, its own audio token count. Its processor pads a batch to the
+# longest clip (not to a window); ambig pads every clip to the extractor's window, which the tower never
+# reads past the clip's frames (`feature_attention_mask`).
+WHISPER_CHUNKED = AudioFormat(
+    name="whisper_chunked",
+    keys=("input_features", "feature_attention_mask"),
+    extract=_whisper("feature_attention_mask", qwen3_omni_tokens),
+)
+
+FORMATS = (WHISPER_MASKED, WHISPER_FRAMES, WHISPER_CHUNKED, VOXTRAL_CHUNKS, GEMMA3N_USM)
 # every audio input name some family takes: how a batch without its `audio_keys` entry is read
 ALL_AUDIO_KEYS = tuple(dict.fromkeys(k for f in FORMATS for k in f.keys))

@@ -13,6 +13,9 @@ Everything else (the read-out, the strategies, test-time scaling) is shared.
 - `voxtral`: Voxtral Mini 3B and Small 24B (ambig.model.voxtral_processor: the processor without
   mistral-common, a chat template that writes mistral-common's prompt; ambig.model.twins.voxtral).
 - `gemma3n`: Gemma 3n (ambig.model.gemma3n, ambig.model.twins.gemma3n), loaded without its vision tower.
+- `qwen3_omni_thinker`: the thinker of Qwen3-Omni-30B-A3B (ambig.model.twins.qwen3_omni), an MoE language
+  model; prompts from its processor's chat template, the processor without its video half
+  (ambig.model.qwen3_omni_processor).
 - `smollm2_audio`: `model=mini`, Qwen2-Audio's architecture around SmolLM2-135M-Instruct (a Llama) and Whisper
   tiny.en's encoder (ambig.model.mini); a Qwen2-Audio checkpoint told apart by its text model's type.
 """
@@ -26,6 +29,7 @@ from ambig.model import prompt
 from ambig.model.audio_formats import (
     GEMMA3N_USM,
     VOXTRAL_CHUNKS,
+    WHISPER_CHUNKED,
     WHISPER_FRAMES,
     WHISPER_MASKED,
     AudioFormat,
@@ -161,6 +165,18 @@ def _build_tiny_gemma3n(out_dir, spec):
 
 def _gemma3n_processor(source: str, model_cfg):
     from ambig.model.gemma3n import load_processor
+
+    return load_processor(source, model_cfg)
+
+
+def _build_tiny_qwen3_omni(out_dir, spec):
+    from ambig.model.twins.qwen3_omni import build_tiny_qwen3_omni
+
+    return build_tiny_qwen3_omni(out_dir, spec)
+
+
+def _qwen3_omni_processor(source: str, model_cfg):
+    from ambig.model.qwen3_omni_processor import load_processor
 
     return load_processor(source, model_cfg)
 
@@ -301,6 +317,24 @@ FAMILIES = {
             audio_format=GEMMA3N_USM,
             audio_expansion=_gemma3n_expansion,
             load_weights=_gemma3n_weights,
+        ),
+        # Qwen3-Omni-30B-A3B-Instruct's thinker: the release is the whole Omni model (thinker, talker,
+        # code2wav), read as the thinker's config and thinker.* weights; an MoE language model (LoRA: its
+        # attention); prompts from its processor's chat template, the audio as
+        # <|audio_start|><|audio_pad|><|audio_end|>.
+        ModelFamily(
+            name="qwen3_omni_thinker",
+            model_class="Qwen3OmniMoeThinkerForConditionalGeneration",
+            model_type="qwen3_omni_moe_thinker",
+            checkpoint_types=("qwen3_omni_moe", "qwen3_omni_moe_thinker"),
+            template=None,
+            towers=("audio_tower", "visual"),
+            load_processor=_qwen3_omni_processor,
+            build_tiny=_build_tiny_qwen3_omni,
+            tiny_prefix="tiny-qwen3-omni",
+            architecture="qwen3_omni",
+            make_spec=_tiny_spec,
+            audio_format=WHISPER_CHUNKED,
         ),
     )
 }

@@ -146,6 +146,8 @@ def apply_lora(
         lora_alpha=lora_cfg.alpha,
         lora_dropout=lora_cfg.dropout,
         target_modules=lora_cfg.target_modules,
+        # what the target regex must not reach (model=qwen3_omni*: peft turns a regex into bare names there)
+        exclude_modules=lora_cfg.get("exclude_modules"),
         modules_to_save=saved or None,
         bias="none",
     )

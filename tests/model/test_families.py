@@ -77,6 +77,8 @@ def test_every_model_config_names_its_family():
         "tiny_voxtral": "voxtral",
         "voxtral_mini_3b": "voxtral",
         "voxtral_small_24b": "voxtral",
+        "qwen3_omni_30b_a3b_instruct": "qwen3_omni_thinker",
+        "tiny_qwen3_omni": "qwen3_omni_thinker",
     }
     assert set(families.values()) == set(FAMILIES)
 

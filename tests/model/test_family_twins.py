@@ -48,7 +48,19 @@ TWINS = {
     ),
     "tiny_voxtral": ("voxtral", "voxtral", "VoxtralForConditionalGeneration", "VoxtralProcessor"),
     "tiny_gemma3n": ("gemma3n", "gemma3n", "Gemma3nForConditionalGeneration", "Gemma3nProcessor"),
+    # the release is the whole Omni model; ambig loads its thinker, with the processor's audio-only half
+    "tiny_qwen3_omni": (
+        "qwen3_omni_thinker",
+        "qwen3_omni_moe",
+        "Qwen3OmniMoeForConditionalGeneration",
+        "Qwen3OmniMoeAudioProcessor",
+    ),
 }
+# Twins whose processor pads a batch's audio to its longest clip, not to a window (Qwen3-Omni's): a clip's
+# reference is its row in a processor call beside a clip of the whole window, so the processor pads it to the
+# window as ambig does (alone, the longest of its batch, it keeps floor(n / hop) frames: one fewer than a
+# padded clip's ceil(n / hop) when n is not a multiple of the hop).
+PADS_TO_LONGEST = ("tiny_qwen3_omni",)
 # twin config -> what its processor call takes beyond text and audio to write the model's inputs as ambig
 # does: Gemma 3n's template writes <bos> itself (the processor's own apply_chat_template then tokenizes
 # without special tokens), and every clip is padded to its extractor's 30 s window
@@ -108,14 +120,6 @@ def reference_prompt(name, cfg, processor, transcript) -> str:
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def reference_inputs(name, cfg, processor, text, transcript, audio) -> dict:
-    """The release processor's input ids and audio arrays for one clip (batch dimension kept)."""
-    if name in MISTRAL_COMMON:
-        return mistral_common_inputs(cfg, user_turn(transcript, audio))
-    kwargs = PROCESSOR_KWARGS.get(name, {})
-    return processor(text=[text], audio=[audio], sampling_rate=RATE, return_tensors="pt", **kwargs)
-
-
 def twin_cfg(name: str, cache_dir: Path, lora: bool = True):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={name}", f"paths.cache_dir={cache_dir}"])
@@ -149,13 +153,16 @@ def test_the_twin_is_written_in_the_release_layout_and_loads_through_from_pretra
     source = Path(resolve_source(cfg))
     config = json.loads((source / "config.json").read_text())
     assert config["model_type"] == model_type and config["architectures"] == [architecture]
-    assert type(model).__name__ == architecture and type(processor).__name__ == processor_class
+    assert type(model).__name__ == model_family(cfg).model_class
+    assert type(processor).__name__ == processor_class
     if name in MISTRAL_COMMON:  # the release: tekken.json, no tokenizer_config.json, no chat template
         assert (source / "tekken.json").exists() and not (source / "tokenizer_config.json").exists()
         assert not (source / "chat_template.jinja").exists()
         return
-    assert (source / "chat_template.jinja").exists() or "chat_template" in json.loads(
-        (source / "tokenizer_config.json").read_text()
+    assert (
+        (source / "chat_template.jinja").exists()
+        or (source / "chat_template.json").exists()
+        or "chat_template" in json.loads((source / "tokenizer_config.json").read_text())
     )
 
 
@@ -166,17 +173,35 @@ def test_the_prompt_is_the_processors_chat_template_with_an_audio_part(twin):
     assert theirs.count(processor.audio_token) == 1
 
 
+def reference_inputs(name, cfg, processor, builder, text, transcript, audio):
+    """The release processor's own input ids and audio arrays (name -> array) for one prompt and its clip."""
+    if name in MISTRAL_COMMON:
+        ref = mistral_common_inputs(cfg, user_turn(transcript, audio))
+        return ref["input_ids"][0], {k: v[0] for k, v in ref.items()}
+    if name not in PADS_TO_LONGEST:
+        kwargs = PROCESSOR_KWARGS.get(name, {})
+        ref = processor(text=[text], audio=[audio], sampling_rate=RATE, return_tensors="pt", **kwargs)
+        return ref["input_ids"][0], {k: v[0] for k, v in ref.items()}
+    window = builder.audio_format.window_seconds(builder.audio_format.extractor(processor))
+    beside = np.zeros(int(window * RATE), dtype=np.float32)
+    ref = processor(
+        text=[text, text], audio=[audio, beside], sampling_rate=RATE, padding=True, return_tensors="pt"
+    )
+    assert ref["input_features"].shape[-1] == int(window * RATE) // processor.feature_extractor.hop_length
+    return ref["input_ids"][0][ref["attention_mask"][0].bool()], {k: v[0] for k, v in ref.items()}
+
+
 def test_audio_inputs_and_token_counts_equal_the_processors_own(twin, examples):
     name, cfg, _, processor, builder = twin
     for ex in examples[:3]:
         text = builder.prompt_text(ex.record.transcript)
-        ref = reference_inputs(name, cfg, processor, text, ex.record.transcript, ex.audio)
+        ids, arrays = reference_inputs(name, cfg, processor, builder, text, ex.record.transcript, ex.audio)
         features = builder.features_of(ex)
-        assert builder.prompt_ids(ex.record.transcript, features.n_tokens) == ref["input_ids"][0].tolist()
+        assert builder.prompt_ids(ex.record.transcript, features.n_tokens) == ids.tolist()
         audio_id = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
-        assert features.n_tokens == int((ref["input_ids"][0] == audio_id).sum()) > 1
+        assert features.n_tokens == int((ids == audio_id).sum()) > 1
         for key in builder.audio_format.keys:
-            np.testing.assert_allclose(features.arrays[key], ref[key][0].numpy(), atol=1e-6, err_msg=key)
+            np.testing.assert_allclose(features.arrays[key], arrays[key].numpy(), atol=1e-6, err_msg=key)
 
 
 def test_class_tokens_are_distinct_first_tokens_after_the_answer_prefix(twin):
