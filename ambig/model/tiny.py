@@ -71,6 +71,17 @@ def _tokenizer_path() -> Path:
     return Path(str(resources.files("ambig").joinpath(TOKENIZER_ASSET)))
 
 
+def tiny_bpe(appended: tuple[str, ...] = ()) -> tuple[dict[str, int], list[tuple[str, str]], list[str]]:
+    """The shipped tiny byte-level BPE as a twin's tokenizer takes it: (its vocab with `appended` tokens at
+    the next ids, in order; its merges as pairs; its added tokens' texts)."""
+    tiny = json.loads(_tokenizer_path().read_text())
+    vocab = dict(tiny["model"]["vocab"])
+    for token in appended:
+        vocab[token] = len(vocab)
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in tiny["model"]["merges"]]
+    return vocab, merges, [t["content"] for t in tiny["added_tokens"]]
+
+
 def train_tokenizer(texts: list[str], vocab_size: int = 2048):
     """Train the byte-level BPE tokenizer that `build_tiny` ships (run by scripts/train_tiny_tokenizer.py)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -240,12 +240,12 @@ def test_a_trajectory_and_the_verification_turn_encode_as_the_release_does(twin)
     tokenizer = processor.tokenizer
     if name in MISTRAL_COMMON:
         theirs = mistral_common_inputs(cfg, conversation)["input_ids"][0].tolist()
-        fmt = builder.audio_format
-        n_audio = fmt.extract(fmt.extractor(processor), audio, RATE).n_tokens
-    else:
+    else:  # the conversation in the template, then the processor's own call expands its audio
         text = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-        theirs, n_audio = tokenizer(text, add_special_tokens=False).input_ids, 1
-    ours = builder.prompt_ids("Fine.", n_audio)
+        ids, _ = reference_inputs(name, cfg, processor, builder, text, "Fine.", audio)
+        theirs = ids.tolist()
+    fmt = builder.audio_format
+    ours = builder.prompt_ids("Fine.", fmt.extract(fmt.extractor(processor), audio, RATE).n_tokens)
     ours += tokenizer(trajectory, add_special_tokens=False).input_ids + builder.verification_ids()
     assert ours == theirs
 

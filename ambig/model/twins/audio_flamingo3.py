@@ -14,10 +14,9 @@ so window and `max_source_positions` move together).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ambig.model.tiny import TinySpec, _tokenizer_path, write_checkpoint
+from ambig.model.tiny import TinySpec, tiny_bpe, write_checkpoint
 
 SPECIALS = ("<sound>", "[BOS]", "[PAD]")  # the release's last three ids (151669, 151670, 151671)
 # The processor's chat template, verbatim from transformers' convert_audioflamingo3_to_hf.py
@@ -55,12 +54,7 @@ def load_tokenizer():
     """ambig's tiny BPE as the release's tokenizer class, AF3's special tokens appended in its order."""
     from transformers import Qwen2Tokenizer
 
-    tiny = json.loads(_tokenizer_path().read_text())
-    vocab = dict(tiny["model"]["vocab"])
-    for token in SPECIALS:
-        vocab[token] = len(vocab)
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in tiny["model"]["merges"]]
-    added = [t["content"] for t in tiny["added_tokens"]]
+    vocab, merges, added = tiny_bpe(SPECIALS)
     return Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,

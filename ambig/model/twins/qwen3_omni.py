@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ambig.model.tiny import TinySpec, _tokenizer_path, write_checkpoint
+from ambig.model.tiny import TinySpec, tiny_bpe, write_checkpoint
 
 # Qwen3's special tokens the thinker's config and processor name (the release: <|vision_start|> 151652
 # ... <|audio_start|> 151669, <|audio_end|> 151670, <|audio_pad|> 151675), after the tiny tokenizer's own.
@@ -99,12 +99,7 @@ def load_tokenizer():
     """ambig's tiny BPE as the release's tokenizer class, Qwen3-Omni's special tokens appended."""
     from transformers import Qwen2Tokenizer
 
-    tiny = json.loads(_tokenizer_path().read_text())
-    vocab = dict(tiny["model"]["vocab"])
-    for token in (*SPECIALS, *THINK):
-        vocab[token] = len(vocab)
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in tiny["model"]["merges"]]
-    added = [t["content"] for t in tiny["added_tokens"]]
+    vocab, merges, added = tiny_bpe((*SPECIALS, *THINK))
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,
