@@ -285,3 +285,23 @@ def test_mini_paper_row_key_follows_the_config_not_resume():
     assert config_key(compose_row(sft, ["scale=smoke"], ["resume=true"])) == key
     assert config_key(compose_row(sft, ["scale=smoke"], ["trainer.max_epochs=3"])) != key
     assert config_key(compose_row(train[2], ["scale=smoke"], [])) != key
+
+
+def test_every_mini_paper_training_row_saves_last_ckpt_before_it_ends():
+    """A study killed mid-row resumes that row from its last.ckpt: each training row, at the study's own
+    scale, writes one before the row ends: at an epoch's end when it has more than one (the SFT rows), else
+    inside its epoch (the RL rows run one of 24 steps; the default cadence, 50 steps, would never save)."""
+    from ambig.mini_paper import compose_row, rows
+
+    train, _ = rows([])
+    for row in train:
+        cfg = compose_row(row, [], [])
+        if row.name == "base":
+            continue  # no training
+        steps = cfg.trainer.limit_train_batches
+        if not isinstance(steps, int):  # a whole epoch of the training split
+            steps = -(-180 // cfg.batch_size)  # the synthetic corpus' fold 1: 180 training clips
+        if cfg.trainer.max_epochs == 1:
+            assert 0 < cfg.checkpoint_every_n_steps < steps, (row.name, cfg.checkpoint_every_n_steps, steps)
+        else:
+            assert cfg.trainer.max_epochs > 1 and row.name.startswith("sft"), row.name
