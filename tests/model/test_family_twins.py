@@ -330,15 +330,6 @@ def test_one_sft_step_moves_only_the_adapter(twin, examples, make_sft):
             assert torch.equal(p, frozen[n]), n
 
 
-def test_ambig_evaluate_runs_the_twin_end_to_end(isolated):
-    """`python -m ambig.evaluate model=<twin>`: the run's feature store writes the family's own audio arrays
-    (Audio Flamingo 3's mask is `input_features_mask`), so the test batches collate (before: KeyError)."""
-    from ambig.evaluate import evaluate
-
-    overrides = ["dataset.corpus.n_utterances=30", "trainer.limit_test_batches=1", "eval_batch_size=4"]
-    overrides += ["decoding.max_new_tokens=6", "decoding.refuse_short_budget=false", "logger=none"]
-    for name in sorted(TWINS):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("evaluate", overrides=[*overrides, f"model={name}", "tts=vote", "tts.n=2"])
-        metrics = evaluate(cfg, isolated / name)
-        assert metrics["model"] == name and metrics["n"] == 4 and metrics["trajectories"] == 8
+# `python -m ambig.evaluate model=<twin>` end to end (the run's feature store writing the family's own audio
+# arrays, the batches collating): every twin runs it in the benchmark's smoke sweep
+# (tests/test_tts_benchmark.py, one twin per family of the benchmark's releases, asserted there).
