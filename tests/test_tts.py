@@ -59,7 +59,8 @@ def test_one_trajectory_weighted_equals_its_own_read_out(tiny_lora, builder, exa
 def test_verifier_scores_are_the_models_p_yes_after_the_verification_turn(tiny_lora, builder, examples):
     from ambig.model.audio_encoding import audio_inputs
     from ambig.rollout import prompt_rows, sample
-    from ambig.tts.strategies import verifier_scores, yes_no_ids
+    from ambig.tts.strategies import verifier_scores
+    from ambig.tts.verifier import yes_no_ids
 
     model, _ = tiny_lora
     batch = builder.for_evaluation()(examples[:2])

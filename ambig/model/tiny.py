@@ -62,6 +62,16 @@ class TinySpec:
             "tie_word_embeddings": False,
         }
 
+    def whisper_encoder_sizes(self) -> dict:
+        """The audio tower's sizes as the Whisper-style encoder configs take them (Qwen2-Audio, the Omnis)."""
+        return {
+            "num_mel_bins": self.num_mel_bins,
+            "encoder_layers": self.audio_layers,
+            "encoder_attention_heads": self.audio_heads,
+            "encoder_ffn_dim": self.audio_ffn_dim,
+            "d_model": self.audio_d_model,
+        }
+
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True) + _tokenizer_path().read_text()
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -135,11 +145,7 @@ def build_tiny(out_dir: str | Path, spec: TinySpec) -> Path:
     audio_id = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
     config = Qwen2AudioConfig(
         audio_config=Qwen2AudioEncoderConfig(
-            num_mel_bins=spec.num_mel_bins,
-            encoder_layers=spec.audio_layers,
-            encoder_attention_heads=spec.audio_heads,
-            encoder_ffn_dim=spec.audio_ffn_dim,
-            d_model=spec.audio_d_model,
+            **spec.whisper_encoder_sizes(),
             max_source_positions=spec.max_source_positions,
         ),
         text_config=Qwen2Config(

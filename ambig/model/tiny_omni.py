@@ -68,11 +68,7 @@ def thinker_config(spec: TinySpec, tokenizer):
     ids = tokenizer.convert_tokens_to_ids
     return Qwen2_5OmniThinkerConfig(
         audio_config=Qwen2_5OmniAudioEncoderConfig(
-            num_mel_bins=spec.num_mel_bins,
-            encoder_layers=spec.audio_layers,
-            encoder_attention_heads=spec.audio_heads,
-            encoder_ffn_dim=spec.audio_ffn_dim,
-            d_model=spec.audio_d_model,
+            **spec.whisper_encoder_sizes(),
             n_window=AUDIO_WINDOW,
             max_source_positions=AUDIO_WINDOW,  # positions within one window
             output_dim=spec.hidden_size,  # the tower projects into the language model's width itself

@@ -31,7 +31,7 @@ from ambig.model.inputs import BatchBuilder, completion_batch
 from ambig.rollout import completions, decode, expand, last_logits, read_after, sample
 from ambig.scoring import completion_logps, masked_sum
 from ambig.tts.combine import best_index, likelihood_weights, mean_readout, vote, weighted
-from ambig.tts.verifier import p_yes, yes_no_ids  # noqa: F401  (yes_no_ids: part of this module's API)
+from ambig.tts.verifier import p_yes
 
 TTS_STRATEGIES = (
     "direct",

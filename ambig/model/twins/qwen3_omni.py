@@ -135,11 +135,7 @@ def thinker_config(spec: TinySpec, tokenizer):
     head_dim = sizes["hidden_size"] // sizes["num_attention_heads"]
     return Qwen3OmniMoeThinkerConfig(
         audio_config=Qwen3OmniMoeAudioEncoderConfig(
-            num_mel_bins=spec.num_mel_bins,
-            encoder_layers=spec.audio_layers,
-            encoder_attention_heads=spec.audio_heads,
-            encoder_ffn_dim=spec.audio_ffn_dim,
-            d_model=spec.audio_d_model,
+            **spec.whisper_encoder_sizes(),
             downsample_hidden_size=16,  # the release: 480
             output_dim=spec.hidden_size,  # the tower projects into the language model's width itself
             n_window=AUDIO_CHUNK_WINDOW,
