@@ -72,7 +72,7 @@ def test_dpo_sequence_logps_equal_the_full_logits_ones(moved, builder, examples)
     batch = builder(examples[:3])
     seqs = completion_batch(builder, batch, [[5, 6, 7], list(range(20, 40)), [9]])
     # A sequence's log-prob is a float32 sum of up to 20 token log-probs (about -140 for the long row), whose
-    # spacing there is 1.5e-5: an absolute tolerance alone is below float32's resolution (CI once saw 1.53e-5).
+    # spacing there is 1.5e-5: an absolute tolerance alone is below float32's resolution: CI once saw 1.53e-5.
     # rtol=1e-6 is 8 float32 epsilons of the sum; a wrong position or token shifts it by whole nats.
     with torch.no_grad():
         torch.testing.assert_close(strategy.policy_logps(seqs), logps_of(moved, seqs), atol=1e-5, rtol=1e-6)
