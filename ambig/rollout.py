@@ -138,6 +138,7 @@ def decode(
     )
     with pinned(model, config), ClassLogits(model, builder.class_ids) as recorded:
         out = model.generate(
+            generation_config=config,
             input_ids=batch["prompt_ids"],
             attention_mask=batch["prompt_mask"],
             # Explicit, as in every other forward: positions count real tokens from 0. Left to itself,
@@ -150,7 +151,6 @@ def decode(
                 if past_key_values is not None
                 else generation_audio(batch, builder)
             ),
-            generation_config=config,
         )
     generated = out.sequences[:, batch["prompt_ids"].shape[1] :]
     steps = recorded.stacked(generated.shape[1])  # (B, T, K): step t chose generated token t

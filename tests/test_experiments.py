@@ -316,3 +316,15 @@ def test_the_mini_paper_rl_rows_checkpoint_activations_and_the_others_do_not():
     train, _ = rows([])
     flags = {row.name: bool(compose_row(row, [], []).model.get("gradient_checkpointing")) for row in train}
     assert flags == {name: name in {"dpo", "grpo", "grpoz"} for name in MINI_ROWS}
+
+
+def test_a_study_wide_mini_paper_knob_composes_for_every_row():
+    """`python -m ambig.mini_paper mini_paper.rl.train_batches=48` (the README's longer CPU run) passes the
+    override to every row, the tts rows included: each composes, and the RL rows take it."""
+    from ambig.mini_paper import compose_row, rows
+
+    overrides = ["mini_paper.rl.train_batches=48"]
+    train, tts = rows(overrides)
+    steps = {row.name: compose_row(row, overrides, []).trainer.get("limit_train_batches") for row in train}
+    assert {name: steps[name] for name in ("dpo", "grpo", "grpoz")} == {"dpo": 48, "grpo": 48, "grpoz": 48}
+    assert [compose_row(row, overrides, []).tts.n for row in tts] == [4, 4]
